@@ -1,0 +1,61 @@
+"""Argument checks shared by the pure functions.
+
+Each check runs on static information (shapes, dtypes, Python values), so it costs
+nothing under `jit` and fires at trace time, before XLA can fail somewhere deep.
+"""
+
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def float_array(x, name: str, min_rank: int = 0):
+  """Returns `x` as an array after checking it is real floating point of rank >= `min_rank`."""
+  if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+    x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(
+        f"{name} must be a real floating-point array (float16, bfloat16, float32, "
+        f"float64), got dtype {x.dtype}")
+  if x.ndim < min_rank:
+    raise ValueError(
+        f"{name} must have rank >= {min_rank}, got shape {tuple(x.shape)}")
+  return x
+
+
+def bool_array(mask, name: str, shape: Sequence[int]):
+  """Returns `mask` as a bool array after checking it broadcasts to `shape`."""
+  mask = jnp.asarray(mask)
+  if mask.dtype != jnp.bool_:
+    raise TypeError(f"{name} must be a boolean array, got dtype {mask.dtype}")
+  try:
+    np.broadcast_shapes(tuple(mask.shape), tuple(shape))
+  except ValueError:
+    raise ValueError(
+        f"{name} must have a shape that broadcasts to {tuple(shape)}, "
+        f"got {tuple(mask.shape)}") from None
+  if len(mask.shape) > len(shape):
+    raise ValueError(
+        f"{name} must have a shape that broadcasts to {tuple(shape)}, "
+        f"got {tuple(mask.shape)} (more axes)")
+  return mask
+
+
+def int_pair(value, name: str, minimum: int = 1) -> tuple[int, int]:
+  """Returns `value` as a pair of Python ints >= `minimum`; an int means (value, value)."""
+  if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+    value = (value, value)
+  if (not isinstance(value, Sequence) or len(value) != 2
+      or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                 for v in value)):
+    raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+  if min(value) < minimum:
+    raise ValueError(f"{name} must be >= {minimum} in both axes, got {tuple(value)}")
+  return int(value[0]), int(value[1])
+
+
+def choice(value: str, name: str, options) -> str:
+  if value not in options:
+    raise ValueError(f"{name} must be one of {sorted(options)}, got {value!r}")
+  return value

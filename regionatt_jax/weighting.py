@@ -1,0 +1,230 @@
+"""The three equations of region attention, as pure functions.
+
+    a_i   = f(R_i)      `normalize(score_fn(R))`: region scores become weights
+    w_i   = a_i * R_i   `weight(R, a)`
+    I_att = sum_i w_i   `aggregate(w)`
+
+`region_attention` composes them without materializing `w` or a transposed copy of the
+image for the weighted sum: see its docstring.
+"""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from regionatt_jax import _checks
+from regionatt_jax import regions as regions_lib
+
+ScoreFn = Callable[[jax.Array], jax.Array]
+
+
+def _accumulation_dtype(dtype):
+  """float32 for half-precision inputs, the input dtype otherwise (float64 stays)."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def _softmax(scores, mask):
+  top = jnp.max(jnp.where(mask, scores, -jnp.inf), axis=-1, keepdims=True)
+  top = jnp.where(jnp.isfinite(top), top, 0.0)  # all-masked rows
+  # The inner `where` keeps exp() of masked entries finite, so their gradient is 0, not NaN.
+  exp = jnp.where(mask, jnp.exp(jnp.where(mask, scores - top, 0.0)), 0.0)
+  total = jnp.sum(exp, axis=-1, keepdims=True)
+  return exp / jnp.where(total > 0, total, 1.0)
+
+
+def _sigmoid(scores, mask):
+  return jnp.where(mask, jax.nn.sigmoid(scores), 0.0)
+
+
+def _sparsemax(scores, mask):
+  """Euclidean projection onto the simplex (Martins & Astudillo, 2016), over valid entries."""
+  # Masked entries sort last and never enter the support.
+  lowest = jnp.finfo(scores.dtype).min / (2 * scores.shape[-1] + 2)
+  z = jnp.where(mask, scores, lowest)
+  z_sorted = -jnp.sort(-z, axis=-1)
+  rank = jnp.arange(1, z.shape[-1] + 1, dtype=z.dtype)
+  cumulative = jnp.cumsum(z_sorted, axis=-1)
+  in_support = (1 + rank * z_sorted > cumulative) & (z_sorted > lowest)
+  support_size = jnp.maximum(jnp.sum(in_support, axis=-1, keepdims=True), 1)
+  tau = (jnp.take_along_axis(cumulative, support_size - 1, axis=-1) - 1) / support_size
+  return jnp.where(mask, jnp.maximum(z - tau, 0.0), 0.0)
+
+
+def _identity(scores, mask):
+  return jnp.where(mask, scores, 0.0)
+
+
+NORMALIZERS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    "softmax": _softmax,
+    "sigmoid": _sigmoid,
+    "sparsemax": _sparsemax,
+    "none": _identity,
+}
+
+
+def normalize(scores, kind: str = "softmax", mask=None, temperature=1.0):
+  """Turns region scores into region weights.
+
+  Args:
+    scores: `(..., N)` scores, floating point.
+    kind: `"softmax"` (weights sum to 1), `"sigmoid"` (each weight in (0, 1)),
+      `"sparsemax"` (sums to 1, exact zeros), or `"none"` (the scores as they are).
+    mask: optional boolean `(..., N)` (or broadcastable) mask of valid regions. Masked
+      regions get weight exactly 0; a row with no valid region gets all zeros.
+    temperature: scores are divided by it first; a positive float or a scalar array.
+
+  Returns:
+    `(..., N)` weights, in the dtype of `scores`. The arithmetic runs in float32 for
+    float16/bfloat16 scores.
+  """
+  scores = _checks.float_array(scores, "scores", min_rank=1)
+  _checks.choice(kind, "kind", NORMALIZERS)
+  if isinstance(temperature, (int, float)) and not temperature > 0:
+    raise ValueError(f"temperature must be > 0, got {temperature!r}")
+  if mask is None:
+    mask = jnp.ones((), bool)
+  mask = jnp.broadcast_to(_checks.bool_array(mask, "mask", scores.shape), scores.shape)
+  wide = scores.astype(_accumulation_dtype(scores.dtype)) / temperature
+  return NORMALIZERS[kind](wide, mask).astype(scores.dtype)
+
+
+def _check_weights(regions, weights):
+  if weights.shape[-1:] != regions.shape[-4:-3]:
+    raise ValueError(
+        f"weights must have shape (..., N) with N = {regions.shape[-4]} regions, matching "
+        f"regions of shape {tuple(regions.shape)}; got {tuple(weights.shape)}")
+
+
+def weight(regions, weights):
+  """Weighs each region: `w_i = a_i * R_i`.
+
+  Args:
+    regions: `(..., N, h, w, C)`.
+    weights: `(..., N)`, leading axes broadcastable against those of `regions`.
+
+  Returns:
+    `(..., N, h, w, C)` weighted regions.
+  """
+  regions = _checks.float_array(regions, "regions", min_rank=4)
+  weights = _checks.float_array(weights, "weights", min_rank=1)
+  _check_weights(regions, weights)
+  return regions * weights[..., None, None, None].astype(regions.dtype)
+
+
+AGGREGATIONS = ("sum", "mean", "reassemble")
+
+
+def aggregate(weighted, mode: str = "sum", *, grid=None, size=None, stride=None,
+              image_shape=None, pad: bool = False):
+  """Combines weighted regions into one output.
+
+  Args:
+    weighted: `(..., N, h, w, C)` weighted regions.
+    mode: `"sum"` (`I_att = sum_i w_i`), `"mean"` (the sum over N), or `"reassemble"`
+      (every weighted region put back in place: an attended image).
+    grid, size, stride, image_shape, pad: the layout, for `"reassemble"` only (as in
+      `unpartition`).
+
+  Returns:
+    `(..., h, w, C)` for `"sum"`/`"mean"`; `(..., H, W, C)` for `"reassemble"`.
+  """
+  weighted = _checks.float_array(weighted, "weighted", min_rank=4)
+  _checks.choice(mode, "mode", AGGREGATIONS)
+  if mode == "reassemble":
+    return regions_lib.unpartition(weighted, grid, size=size, stride=stride,
+                                   image_shape=image_shape, pad=pad)
+  total = jnp.sum(weighted, axis=-4, dtype=_accumulation_dtype(weighted.dtype))
+  if mode == "mean":
+    total = total / weighted.shape[-4]
+  return total.astype(weighted.dtype)
+
+
+def per_region(region_fn: Callable[[jax.Array], jax.Array]) -> ScoreFn:
+  """Lifts a function of one region to a `score_fn` over all regions.
+
+  Args:
+    region_fn: maps one region `(h, w, C)` to a scalar score `()`.
+
+  Returns:
+    A function `(..., N, h, w, C) -> (..., N)` applying `region_fn` to every region.
+  """
+  def score_fn(regions):
+    regions = _checks.float_array(regions, "regions", min_rank=4)
+    flat = regions.reshape((-1,) + regions.shape[-3:])
+    scores = jax.vmap(region_fn)(flat)
+    if scores.shape != flat.shape[:1]:
+      raise ValueError(
+          f"region_fn must map one region of shape {flat.shape[1:]} to a scalar, got "
+          f"shape {scores.shape[1:]}")
+    return scores.reshape(regions.shape[:-3])
+  return score_fn
+
+
+# `region_attention`'s arguments `normalize` and `aggregate` shadow the functions.
+_normalize, _aggregate = normalize, aggregate
+
+
+def _weighted_grid_sum(x, weights, layout, mode):
+  """`aggregate(weight(partition(x), a), mode)` for a grid, in one pass over `x`.
+
+  The free reshape `(..., gh, h, gw, w, C)` of `x` is multiplied by the weights broadcast
+  to `(..., gh, 1, gw, 1, 1)` and summed over the grid axes: XLA fuses this into one loop
+  that reads `x` once, where an einsum over the `(..., N, h, w, C)` regions would first
+  transpose them and then run a batched matmul (10x slower on XLA:CPU, PERF_NOTES.md).
+  """
+  (gh, gw), (h, w) = layout.counts, layout.size
+  blocks = x.reshape(x.shape[:-3] + (gh, h, gw, w, x.shape[-1]))
+  scale = weights.reshape(weights.shape[:-1] + (gh, 1, gw, 1, 1)).astype(x.dtype)
+  if mode == "reassemble":
+    return (blocks * scale).reshape(x.shape)[..., :layout.image[0], :layout.image[1], :]
+  total = jnp.sum(blocks * scale, axis=(-5, -3), dtype=_accumulation_dtype(x.dtype))
+  if mode == "mean":
+    total = total / layout.num_regions
+  return total.astype(x.dtype)
+
+
+def region_attention(x, score_fn: ScoreFn, grid=None, *, size=None, stride=None,
+                     pad: bool = False, normalize: str = "softmax",
+                     aggregate: str = "sum", mask=None, temperature=1.0):
+  """Region attention: scores, weights and the weighted combination of regions.
+
+  Args:
+    x: `(..., H, W, C)` image or feature map.
+    score_fn: maps regions `(..., N, h, w, C)` to scores `(..., N)`; sees all regions
+      at once, so it may be recurrent or self-attentive. See `per_region`.
+    grid, size, stride, pad: the layout, as in `regions.region_layout`. With `pad=True`,
+      regions made only of padding are masked out.
+    normalize: how scores become weights, a kind of `normalize`.
+    aggregate: `"sum"`, `"mean"` or `"reassemble"`, as in `aggregate`.
+    mask: optional boolean `(..., N)` mask of valid regions.
+    temperature: passed to `normalize`.
+
+  Returns:
+    `(y, a)`: `y` is `(..., h, w, C)` for sum/mean or `(..., H, W, C)` for reassemble;
+    `a` is the `(..., N)` weights.
+  """
+  x = _checks.float_array(x, "x", min_rank=3)
+  _checks.choice(normalize, "normalize", NORMALIZERS)
+  _checks.choice(aggregate, "aggregate", AGGREGATIONS)
+  layout = regions_lib.region_layout(x.shape[-3:-1], grid, size=size, stride=stride,
+                                     pad=pad)
+  regions = regions_lib.partition(x, grid, size=size, stride=stride, pad=pad)
+  scores = score_fn(regions)
+  if not hasattr(scores, "shape") or tuple(scores.shape) != tuple(regions.shape[:-3]):
+    raise ValueError(
+        f"score_fn must map regions of shape {tuple(regions.shape)} to scores of shape "
+        f"{tuple(regions.shape[:-3])} (..., N), got "
+        f"{tuple(getattr(scores, 'shape', ())) or type(scores).__name__}")
+  if pad:
+    has_pixels = regions_lib.region_mask(x.shape[-3:-1], grid, size=size, stride=stride,
+                                         pad=pad).any(axis=(-2, -1))
+    mask = has_pixels if mask is None else (
+        _checks.bool_array(mask, "mask", scores.shape) & has_pixels)
+  weights = _normalize(scores, normalize, mask, temperature)
+  if layout.is_grid:
+    padded = regions_lib.pad_image(x, layout)
+    return _weighted_grid_sum(padded, weights, layout, aggregate), weights
+  out = _aggregate(weight(regions, weights), aggregate, grid=grid, size=size,
+                   stride=stride, image_shape=x.shape[-3:-1], pad=pad)
+  return out, weights

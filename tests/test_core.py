@@ -1,0 +1,308 @@
+"""The pure functions against plain NumPy loops (tests/reference.py), eager and jitted."""
+
+import functools
+
+import chex
+import hypothesis
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import regionatt_jax as ra
+from tests import reference
+
+LAYOUTS = {
+    "grid": dict(grid=(5, 2)),
+    "grid_pad": dict(grid=(6, 4), pad=True),  # regions of 2x4; the last row of regions is all padding
+    "windows_overlap": dict(size=(4, 6), stride=(3, 4)),
+    "windows_pad": dict(size=(4, 4), stride=(3, 3), pad=True),
+    "windows_gaps": dict(size=(2, 2), stride=(4, 4)),
+    "grid_as_windows": dict(size=(5, 7), stride=(5, 7)),
+}
+IMAGE = (10, 14)
+
+
+def maybe_jit(fn, use_jit):
+  return jax.jit(fn) if use_jit else fn
+
+
+@pytest.fixture(params=[False, True], ids=["eager", "jit"])
+def use_jit(request):
+  return request.param
+
+
+def random_image(shape, seed=0, dtype=np.float32):
+  return np.random.default_rng(seed).normal(size=shape).astype(dtype)
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_partition_matches_loops(name, use_jit):
+  kw = LAYOUTS[name]
+  x = random_image((2,) + IMAGE + (3,))
+  got = maybe_jit(functools.partial(ra.partition, **kw), use_jit)(x)
+  np.testing.assert_array_equal(got, reference.partition(x, **kw))
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_unpartition_matches_loops(name, use_jit):
+  kw = LAYOUTS[name]
+  (gh, gw), (h, w), _ = reference.layout(IMAGE, **kw)
+  regions = random_image((2, gh * gw, h, w, 3), seed=1)
+  got = maybe_jit(functools.partial(ra.unpartition, image_shape=IMAGE, **kw), use_jit)(
+      regions)
+  np.testing.assert_allclose(got, reference.unpartition(regions, IMAGE, **kw),
+                             rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_boxes_and_mask_match_loops(name):
+  kw = LAYOUTS[name]
+  boxes = ra.region_boxes(IMAGE, **kw)
+  np.testing.assert_array_equal(boxes, reference.boxes(IMAGE, **kw))
+  # The pixel mask marks exactly the pixels inside each region's box.
+  mask = ra.region_mask(IMAGE, **kw)
+  _, (h, w), _ = reference.layout(IMAGE, **kw)
+  for k, (y0, x0, y1, x1) in enumerate(boxes):
+    assert mask[k].sum() == (y1 - y0) * (x1 - x0)
+    assert mask[k, :y1 - y0, :x1 - x0].all()
+
+
+@pytest.mark.parametrize("leading", [(), (3,), (2, 2)])
+def test_leading_axes(leading):
+  x = random_image(leading + IMAGE + (2,))
+  flat = x.reshape((-1,) + x.shape[-3:])
+  got = ra.partition(x, **LAYOUTS["windows_overlap"])
+  want = reference.partition(flat, **LAYOUTS["windows_overlap"])
+  np.testing.assert_array_equal(got, want.reshape(leading + want.shape[1:]))
+
+
+@hypothesis.settings(max_examples=60, deadline=None)
+@hypothesis.given(
+    leading=st.lists(st.integers(1, 3), max_size=2),
+    gh=st.integers(1, 5), gw=st.integers(1, 5), h=st.integers(1, 6), w=st.integers(1, 6),
+    c=st.integers(1, 3))
+def test_round_trip_grid(leading, gh, gw, h, w, c):
+  x = random_image(tuple(leading) + (gh * h, gw * w, c))
+  regions = ra.partition(x, grid=(gh, gw))
+  chex.assert_shape(regions, tuple(leading) + (gh * gw, h, w, c))
+  np.testing.assert_array_equal(ra.unpartition(regions, grid=(gh, gw)), x)
+
+
+@hypothesis.settings(max_examples=60, deadline=None)
+@hypothesis.given(
+    height=st.integers(1, 12), width=st.integers(1, 12), gh=st.integers(1, 4),
+    gw=st.integers(1, 4), wh=st.integers(1, 5), ww=st.integers(1, 5),
+    sh=st.integers(1, 5), sw=st.integers(1, 5), windows=st.booleans())
+def test_round_trip_padded(height, width, gh, gw, wh, ww, sh, sw, windows):
+  """With padding, unpartition(partition(x)) == x on every pixel some region covers."""
+  kw = (dict(size=(wh, ww), stride=(sh, sw), pad=True) if windows
+        else dict(grid=(min(gh, height), min(gw, width)), pad=True))
+  x = random_image((height, width, 2))
+  back = ra.unpartition(ra.partition(x, **kw), image_shape=(height, width), **kw)
+  covered = reference.unpartition(np.ones((1,) + ra.partition(x, **kw).shape),
+                                  (height, width), **kw)[0] > 0
+  np.testing.assert_allclose(np.where(covered, back, 0), np.where(covered, x, 0),
+                             rtol=1e-6)
+  np.testing.assert_array_equal(np.where(covered, 0, back), 0)
+
+
+@pytest.mark.parametrize("name", ["grid", "windows_overlap", "grid_pad"])
+def test_attention_map_matches_loops(name, use_jit):
+  kw = LAYOUTS[name]
+  (gh, gw), (h, w), _ = reference.layout(IMAGE, **kw)
+  a = random_image((2, gh * gw), seed=2)
+  got = maybe_jit(functools.partial(ra.attention_map, image_shape=IMAGE, **kw), use_jit)(a)
+  painted = np.broadcast_to(a[:, :, None, None, None], (2, gh * gw, h, w, 1))
+  np.testing.assert_allclose(got, reference.unpartition(painted, IMAGE, **kw)[..., 0],
+                             rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "sigmoid", "sparsemax", "none"])
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_normalize_matches_loops(kind, temperature, use_jit):
+  scores = random_image((4, 7), seed=3) * 3
+  mask = np.random.default_rng(4).random((4, 7)) > 0.3
+  mask[1] = False  # a row with no valid region
+  got = maybe_jit(functools.partial(ra.normalize, kind=kind, temperature=temperature),
+                  use_jit)(scores, mask=mask)
+  want = reference.NORMALIZERS[kind](scores / temperature, mask)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert not np.any(np.asarray(got)[~mask]), "masked regions must get weight exactly 0"
+  if kind in ("softmax", "sparsemax"):
+    np.testing.assert_allclose(np.asarray(got).sum(-1)[mask.any(-1)], 1, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "sigmoid", "sparsemax", "none"])
+def test_normalize_gradient_is_finite_with_masks(kind):
+  scores = jnp.asarray(random_image((3, 5), seed=5))
+  mask = jnp.array([[True] * 5, [False] * 5, [True, False, True, False, False]])
+  grad = jax.grad(lambda s: jnp.sum(ra.normalize(s, kind, mask) ** 2))(scores)
+  assert np.isfinite(grad).all()
+  np.testing.assert_array_equal(np.asarray(grad)[~np.asarray(mask)], 0)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_normalize_low_precision_runs_in_float32(dtype):
+  # Softmax over many regions: summing exps in half precision would lose the mass.
+  scores = random_image((2, 1024), seed=6)
+  got = ra.normalize(jnp.asarray(scores, dtype), "softmax")
+  assert got.dtype == dtype
+  want = reference.softmax(np.asarray(jnp.asarray(scores, dtype), np.float64),
+                           np.ones((2, 1024), bool))
+  np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=1e-2)
+
+
+def test_weight_and_aggregate_match_loops(use_jit):
+  kw = LAYOUTS["windows_overlap"]
+  regions = random_image((2,) + ra.partition(np.zeros(IMAGE + (3,), np.float32),
+                                             **kw).shape, seed=7)
+  a = random_image((2, regions.shape[1]), seed=8)
+  weighted = maybe_jit(ra.weight, use_jit)(regions, a)
+  want = np.stack([[a[b, k] * regions[b, k] for k in range(regions.shape[1])]
+                   for b in range(2)])
+  np.testing.assert_allclose(weighted, want, rtol=1e-6)
+  total = sum(want[:, k] for k in range(want.shape[1]))
+  np.testing.assert_allclose(ra.aggregate(weighted, "sum"), total, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(ra.aggregate(weighted, "mean"), total / want.shape[1],
+                             rtol=1e-5, atol=1e-6)
+  reassembled = ra.aggregate(weighted, "reassemble", image_shape=IMAGE, **kw)
+  np.testing.assert_allclose(reassembled, reference.unpartition(want, IMAGE, **kw),
+                             rtol=1e-5, atol=1e-6)
+
+
+def mean_score(region):
+  return jnp.mean(region) * 4.0 + jnp.max(region)
+
+
+def numpy_mean_score(region):
+  return float(np.mean(region) * 4.0 + np.max(region))
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+@pytest.mark.parametrize("kind", ["softmax", "sparsemax", "sigmoid"])
+@pytest.mark.parametrize("mode", ["sum", "mean", "reassemble"])
+def test_region_attention_matches_loops(name, kind, mode, use_jit):
+  kw = LAYOUTS[name]
+  x = random_image((2,) + IMAGE + (3,), seed=9)
+  fn = functools.partial(ra.region_attention, score_fn=ra.per_region(mean_score),
+                         normalize=kind, aggregate=mode, **kw)
+  y, a = maybe_jit(fn, use_jit)(x)
+  want_y, want_a = reference.region_attention(x, numpy_mean_score, kind, mode, **kw)
+  np.testing.assert_allclose(a, want_a, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(y, want_y, rtol=1e-4, atol=1e-5)
+
+
+def test_region_attention_with_mask_and_vmap():
+  x = random_image((3, 8, 12, 2), seed=10)
+  mask = np.array([[True, False, True, True, False, True]] * 3)
+  attend = functools.partial(ra.region_attention, score_fn=ra.per_region(mean_score),
+                             grid=(2, 3))
+  y, a = jax.vmap(lambda xi, mi: attend(xi, mask=mi))(x, mask)
+  want_y, want_a = [], []
+  for b in range(3):
+    regions = reference.partition(x[b:b + 1], grid=(2, 3))[0]
+    scores = np.array([numpy_mean_score(r) for r in regions])
+    weights = reference.softmax(scores[None], mask[b:b + 1])[0]
+    want_a.append(weights)
+    want_y.append(sum(weights[k] * regions[k] for k in range(6)))
+  np.testing.assert_allclose(a, np.stack(want_a), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(y, np.stack(want_y), rtol=1e-5, atol=1e-6)
+
+
+def test_sees_all_regions_at_once():
+  """A score_fn that compares regions (softmax over region means, then a rank) works."""
+  x = random_image((2, 8, 8, 1), seed=11)
+  score_fn = lambda r: jnp.argsort(jnp.argsort(r.mean((-3, -2, -1)), -1), -1).astype(r.dtype)
+  _, a = ra.region_attention(x, score_fn, grid=(2, 2), normalize="none")
+  means = reference.partition(x, grid=(2, 2)).mean((-3, -2, -1))
+  np.testing.assert_array_equal(a, np.argsort(np.argsort(means, -1), -1))
+
+
+@pytest.mark.parametrize("name", ["grid", "windows_overlap", "grid_pad"])
+@pytest.mark.parametrize("mode", ["sum", "reassemble"])
+def test_region_attention_gradients(name, mode):
+  kw = LAYOUTS[name]
+  x = jnp.asarray(random_image((1, 10, 14, 2), seed=12))
+  fn = lambda x: ra.region_attention(x, ra.per_region(jnp.mean), normalize="softmax",
+                                     aggregate=mode, **kw)[0]
+  check_grads(fn, (x,), order=1, modes=["rev", "fwd"], atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "sigmoid", "sparsemax"])
+def test_normalize_gradients(kind):
+  scores = jnp.asarray(random_image((2, 6), seed=13))
+  check_grads(lambda s: ra.normalize(s, kind), (scores,), order=2, modes=["rev"],
+              atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_region_attention_low_precision(dtype):
+  x = random_image((2, 16, 16, 4), seed=14)
+  y32, a32 = ra.region_attention(x, ra.per_region(jnp.mean), grid=(4, 4))
+  y, a = ra.region_attention(jnp.asarray(x, dtype), ra.per_region(jnp.mean), grid=(4, 4))
+  assert y.dtype == dtype and a.dtype == dtype
+  np.testing.assert_allclose(np.asarray(y, np.float32), y32, rtol=0.05, atol=0.05)
+
+
+def test_weighted_sum_is_one_fused_pass():
+  """The grid path multiplies and sums the free reshape: no transpose, no matmul."""
+  layout = ra.region_layout((64, 64), grid=(4, 4))
+  from regionatt_jax import weighting  # pylint: disable=import-outside-toplevel
+  jaxpr = jax.make_jaxpr(lambda x, a: weighting._weighted_grid_sum(x, a, layout, "sum"))(
+      jnp.zeros((2, 64, 64, 8)), jnp.zeros((2, 16)))
+  primitives = {eqn.primitive.name for eqn in jaxpr.jaxpr.eqns}
+  assert not primitives & {"transpose", "dot_general"}, primitives
+  assert "reduce_sum" in primitives
+
+
+def test_jit_traces_once():
+  fn = chex.assert_max_traces(n=1)(
+      lambda x: ra.region_attention(x, ra.per_region(jnp.mean), grid=(2, 2)))
+  jitted = jax.jit(fn)
+  for seed in range(3):
+    jitted(random_image((2, 8, 8, 1), seed=seed))
+
+
+# Errors: each names the argument, what it got and what it needs.
+ERRORS = [
+    (lambda: ra.partition(np.zeros((8, 8)), grid=(2, 2)), ValueError, r"x must have rank >= 3.*\(8, 8\)"),
+    (lambda: ra.partition(np.zeros((8, 8, 1), np.int32), grid=(2, 2)), TypeError, r"x must be a real floating.*int32"),
+    (lambda: ra.partition(np.zeros((8, 8, 1), np.complex64), grid=(2, 2)), TypeError, r"x must be .*complex64"),
+    (lambda: ra.partition(np.zeros((9, 8, 1)), grid=(2, 2)), ValueError, r"grid \(2, 2\) does not divide the image \(9, 8\).*pad=True"),
+    (lambda: ra.partition(np.zeros((4, 4, 1)), grid=(8, 1)), ValueError, r"grid \(8, 1\) is larger than the image \(4, 4\)"),
+    (lambda: ra.partition(np.zeros((8, 8, 1)), grid=(2, 0)), ValueError, r"grid must be >= 1"),
+    (lambda: ra.partition(np.zeros((8, 8, 1)), grid=(2, 2.0)), TypeError, r"grid must be an int or a pair of ints"),
+    (lambda: ra.partition(np.zeros((8, 8, 1))), ValueError, r"exactly one of grid= or size="),
+    (lambda: ra.partition(np.zeros((8, 8, 1)), size=(3, 3), stride=(2, 2)), ValueError, r"do not cover the image \(8, 8\).*pad=True"),
+    (lambda: ra.partition(np.zeros((8, 8, 1)), size=(9, 3)), ValueError, r"size \(9, 3\) is larger than the image"),
+    (lambda: ra.unpartition(np.zeros((4, 4, 1)), grid=(2, 2)), ValueError, r"regions must have rank >= 4, got shape \(4, 4, 1\)"),
+    (lambda: ra.unpartition(np.zeros((5, 4, 4, 1)), grid=(2, 2)), ValueError, r"regions must have shape \(\.\.\., N, h, w, C\) = \(\.\.\., 4, 4, 4, C\).*\(5, 4, 4, 1\)"),
+    (lambda: ra.unpartition(np.zeros((4, 4, 4, 1)), size=(4, 4)), ValueError, r"image_shape is required"),
+    (lambda: ra.normalize(np.zeros((2, 3)), "softermax"), ValueError, r"kind must be one of \['none', 'sigmoid', 'softmax', 'sparsemax'\], got 'softermax'"),
+    (lambda: ra.normalize(np.zeros((2, 3)), mask=np.ones((2, 4), bool)), ValueError, r"mask must have a shape that broadcasts to \(2, 3\), got \(2, 4\)"),
+    (lambda: ra.normalize(np.zeros((2, 3)), mask=np.ones((2, 3))), TypeError, r"mask must be a boolean array, got dtype float"),
+    (lambda: ra.normalize(np.zeros((2, 3)), temperature=0.0), ValueError, r"temperature must be > 0, got 0.0"),
+    (lambda: ra.normalize(np.zeros((2, 3), np.int32)), TypeError, r"scores must be a real floating"),
+    (lambda: ra.weight(np.zeros((2, 4, 3, 3, 1)), np.zeros((2, 5))), ValueError, r"weights must have shape \(\.\.\., N\) with N = 4.*got \(2, 5\)"),
+    (lambda: ra.aggregate(np.zeros((2, 4, 3, 3, 1)), "max"), ValueError, r"mode must be one of \['mean', 'reassemble', 'sum'\], got 'max'"),
+    (lambda: ra.region_attention(np.zeros((2, 8, 8, 1)), lambda r: r.mean((-3, -2)), grid=(2, 2)), ValueError, r"score_fn must map regions of shape \(2, 4, 4, 4, 1\) to scores of shape \(2, 4\).*got \(2, 4, 1\)"),
+    (lambda: ra.region_attention(np.zeros((2, 8, 8, 1)), ra.per_region(jnp.mean), grid=(2, 2), normalize="max"), ValueError, r"normalize must be one of"),
+    (lambda: ra.region_attention(np.zeros((2, 8, 8, 1)), ra.per_region(jnp.mean), grid=(2, 2), aggregate="concat"), ValueError, r"aggregate must be one of"),
+    (lambda: ra.region_attention(np.zeros((2, 8, 8, 1)), ra.per_region(lambda r: r.mean(0)), grid=(2, 2)), ValueError, r"region_fn must map one region of shape \(4, 4, 1\) to a scalar, got shape \(4, 1\)"),
+    (lambda: ra.attention_map(np.zeros((2, 5)), grid=(2, 2), image_shape=(8, 8)), ValueError, r"weights must have shape \(\.\.\., N\) with N = 4"),
+]
+
+
+@pytest.mark.parametrize("call,error,message", ERRORS, ids=[e[2][:40] for e in ERRORS])
+def test_errors_name_the_argument(call, error, message):
+  with pytest.raises(error, match=message):
+    call()
+
+
+def test_errors_fire_under_jit_at_trace_time():
+  with pytest.raises(ValueError, match=r"grid \(3, 3\) does not divide"):
+    jax.jit(lambda x: ra.region_attention(x, ra.per_region(jnp.mean), grid=(3, 3)))(
+        jnp.zeros((1, 8, 8, 1)))

@@ -1,0 +1,141 @@
+"""Orbax checkpoints of the train state together with the data iterator's position.
+
+A checkpoint step directory holds two items: `state` (params, batch stats, optimizer
+state, step, RNG; sharded arrays written by every host) and `data_iterator` (one JSON
+file per process with that process's `iterator.get_state()`), so a resumed run sees
+exactly the batches the uninterrupted run would have seen. Orbax writes each step into
+a temporary directory and renames it on commit, so a crash never leaves a partial
+checkpoint that `latest_step` would pick.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+STATE = "state"
+DATA_ITERATOR = "data_iterator"
+BEST_METRIC = "val_accuracy"
+
+
+class IteratorStateHandler(ocp.CheckpointHandler):
+  """Saves a JSON-able iterator state per process (`process_{i}-of-{n}.json`)."""
+
+  def save(self, directory: epath.Path, args: "IteratorStateSave") -> None:
+    name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    (directory / name).write_text(json.dumps(args.state))
+
+  def restore(self, directory: epath.Path, args: "IteratorStateRestore | None" = None
+              ) -> dict[str, Any]:
+    del args
+    path = directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    if not path.exists():
+      found = sorted(p.name for p in directory.iterdir())
+      raise ValueError(
+          f"No data iterator state for this process at {path} (found {found}); the "
+          f"checkpoint was written by a run with a different number of processes.")
+    return json.loads(path.read_text())
+
+  def metadata(self, directory: epath.Path) -> None:
+    del directory
+
+  def finalize(self, directory: epath.Path) -> None:
+    del directory
+
+  def close(self) -> None:
+    pass
+
+
+@ocp.args.register_with_handler(IteratorStateHandler, for_save=True)
+@dataclasses.dataclass
+class IteratorStateSave(ocp.args.CheckpointArgs):
+  state: Mapping[str, Any]
+
+
+@ocp.args.register_with_handler(IteratorStateHandler, for_restore=True)
+@dataclasses.dataclass
+class IteratorStateRestore(ocp.args.CheckpointArgs):
+  pass
+
+
+def make_manager(directory: str, *, keep_last: int, keep_best: int) -> ocp.CheckpointManager:
+  """A manager keeping the latest `keep_last` steps plus the `keep_best` by val accuracy.
+
+  Saving is asynchronous: `save` returns once arrays are copied to host memory and the
+  files are written in the background; call `wait_until_finished()` before exiting.
+  """
+  policies = [ocp.checkpoint_managers.LatestN(n=keep_last)]
+  if keep_best:
+    policies.append(ocp.checkpoint_managers.BestN(
+        get_metric_fn=lambda metrics: metrics[BEST_METRIC], n=keep_best,
+        keep_checkpoints_without_metrics=False))
+  options = ocp.CheckpointManagerOptions(
+      preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+      enable_async_checkpointing=True)
+  return ocp.CheckpointManager(epath.Path(directory).absolute(),
+                               item_names=(STATE, DATA_ITERATOR), options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state_items: Mapping[str, Any],
+         iterator_state: Mapping[str, Any], val_accuracy: float | None = None) -> None:
+  """Starts saving `state_items` and `iterator_state` as checkpoint `step`."""
+  metrics = None if val_accuracy is None else {BEST_METRIC: float(val_accuracy)}
+  manager.save(step, args=ocp.args.Composite(**{
+      STATE: ocp.args.StandardSave(state_items),
+      DATA_ITERATOR: IteratorStateSave(dict(iterator_state)),
+  }), metrics=metrics, force=True)
+
+
+def _describe(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+  """`{'params/Conv_0/kernel': (shape, dtype)}` for every leaf of a pytree."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {jax.tree_util.keystr(path, simple=True, separator="/"):
+          (tuple(leaf.shape), str(np.dtype(leaf.dtype))) for path, leaf in flat}
+
+
+def check_compatible(manager: ocp.CheckpointManager, step: int, abstract_items: Any) -> None:
+  """Raises `ValueError` if checkpoint `step` does not fit the state this run builds.
+
+  Args:
+    manager: the run's checkpoint manager.
+    step: the checkpoint to check.
+    abstract_items: `TrainState.checkpoint_items()` of the abstract state.
+  """
+  stored = _describe(manager.item_metadata(step)[STATE])
+  wanted = _describe(abstract_items)
+  where = f"{manager.directory}/{step}"
+  missing, extra = sorted(set(wanted) - set(stored)), sorted(set(stored) - set(wanted))
+  if missing or extra:
+    raise ValueError(
+        f"The checkpoint at {where} is from an incompatible model: it lacks "
+        f"{missing[:5]} and has {extra[:5]} that this config's model does not. Use a "
+        f"new --workdir or the config that wrote it; nothing was changed.")
+  # Params first: a differing kernel explains the mismatch better than its moments.
+  for name in sorted(wanted, key=lambda n: (not n.startswith("params/"), n)):
+    shape, dtype = wanted[name]
+    if stored[name] != (shape, dtype):
+      raise ValueError(
+          f"The checkpoint at {where} is from an incompatible model: {name!r} has "
+          f"shape/dtype {stored[name]} there and {(shape, dtype)} in this config's "
+          f"model. Use a new --workdir or the config that wrote it; nothing was changed.")
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract_items: Any
+            ) -> tuple[Any, dict[str, Any]]:
+  """Restores checkpoint `step` onto the shardings of `abstract_items`.
+
+  Returns:
+    The state items (same structure as `abstract_items`) and this process's data
+    iterator state.
+  """
+  restored = manager.restore(step, args=ocp.args.Composite(**{
+      STATE: ocp.args.StandardRestore(abstract_items),
+      DATA_ITERATOR: IteratorStateRestore(),
+  }))
+  return restored[STATE], restored[DATA_ITERATOR]

@@ -1,0 +1,68 @@
+"""The optax optimizer of a run, built from `config.optim`."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import ml_collections
+import optax
+
+
+class Optimizer(NamedTuple):
+  """The gradient transformation of a run and its learning-rate schedule.
+
+  Attributes:
+    tx: the full chain (clipping, optimizer, weight decay, accumulation).
+    learning_rate: maps a micro-step (the `TrainState.step`) to the learning rate in
+      effect at that step, for logging.
+  """
+  tx: optax.GradientTransformation
+  learning_rate: optax.Schedule
+
+
+def decay_mask(params: Any) -> Any:
+  """Weight decay applies to kernels only: leaves of rank >= 2, not biases or norm scales."""
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_schedule(optim: ml_collections.ConfigDict, num_updates: int) -> optax.Schedule:
+  """Linear warmup to `optim.learning_rate`, then cosine decay or constant.
+
+  Args:
+    optim: the `config.optim` block.
+    num_updates: the number of optimizer updates of the run (`train.steps /
+      optim.grad_accum_steps`).
+
+  Returns:
+    A function of the optimizer update count.
+  """
+  warmup = min(optim.warmup_steps, num_updates)
+  if optim.schedule == "constant":
+    return optax.warmup_constant_schedule(0.0, optim.learning_rate, warmup)
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0,
+      peak_value=optim.learning_rate,
+      warmup_steps=warmup,
+      decay_steps=max(num_updates, warmup + 1),
+      end_value=optim.learning_rate * optim.end_learning_rate_ratio)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> Optimizer:
+  """Builds the optimizer chain of `config` (see `base_config` for the keys)."""
+  optim = config.optim
+  accum = optim.grad_accum_steps
+  schedule = make_schedule(optim, config.train.steps // accum)
+  if optim.name == "adamw":
+    core = optax.adamw(schedule, b1=optim.b1, b2=optim.b2,
+                       weight_decay=optim.weight_decay, mask=decay_mask)
+  else:
+    # SGD's decay enters as an L2 gradient term before momentum, as in torch.optim.SGD.
+    core = optax.chain(
+        optax.add_decayed_weights(optim.weight_decay, mask=decay_mask),
+        optax.sgd(schedule, momentum=optim.momentum))
+  clip = optax.clip_by_global_norm(optim.clip_norm) if optim.clip_norm > 0 else optax.identity()
+  tx = optax.chain(clip, core)
+  if accum > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=accum).gradient_transformation()
+  return Optimizer(tx=tx, learning_rate=lambda step: schedule(step // accum))

@@ -1,0 +1,270 @@
+"""Channel and spatial attention: SE, ECA, spatial attention, CBAM, coordinate attention.
+
+Each module maps a feature map `(..., H, W, C)` to a re-weighted feature map of the same
+shape and follows its paper's definition (reduction ratios, kernel sizes, biases), so its
+parameter count equals the published formula:
+
+| module | paper | parameters |
+|---|---|---|
+| `SqueezeExcite` | Hu et al., 2018 | `2 C²/r + C/r + C` (two Dense layers with biases) |
+| `EfficientChannelAttention` | Wang et al., 2020 | `k`, `k = odd(|log2(C)/γ + b/γ|)`, γ=2, b=1 |
+| `SpatialAttention` | Woo et al., 2018 (CBAM) | `2 k²` (k×k conv 2->1, no bias) |
+| `CBAM` | Woo et al., 2018 | `2 C²/r + C/r + C + 2 k²` |
+| `CoordinateAttention` | Hou et al., 2021 | `3 C m + 3 m + 2 C`, `m = max(8, C // r)` |
+
+All share the call signature `module(x, train=False)` so a backbone can plug any of them in
+(`train` only matters for `CoordinateAttention`, which has a BatchNorm). Pooled statistics
+are computed in float32 and cast back to the compute dtype.
+"""
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from regionatt_jax import _checks
+from regionatt_jax.nn.maps import ATTENTION_MAP
+
+Dtype = Any
+
+
+def _feature_map(x, module: str):
+  return _checks.float_array(x, f"{module}: x (feature map `(..., H, W, C)`)", min_rank=3)
+
+
+def _compute_dtype(x, dtype: Dtype | None):
+  return dtype if dtype is not None else x.dtype
+
+
+def _divisible_hidden(channels: int, reduction: int, module: str) -> int:
+  if reduction < 1 or channels % reduction:
+    raise ValueError(
+        f"{module}: channels (last axis of x) must be divisible by reduction, "
+        f"got channels={channels}, reduction={reduction}")
+  return channels // reduction
+
+
+class _Bottleneck(nn.Module):
+  """Dense C -> C/r -> ReLU -> Dense C/r -> C, the excitation MLP of SE and CBAM."""
+  hidden: int
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, s):
+    channels = s.shape[-1]
+    s = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype,
+                 name="reduce")(s)
+    s = nn.relu(s)
+    return nn.Dense(channels, dtype=self.dtype, param_dtype=self.param_dtype,
+                    name="expand")(s)
+
+
+class SqueezeExcite(nn.Module):
+  """Squeeze-and-excitation (Hu et al., 2018): `x * sigmoid(MLP(mean_hw(x)))`.
+
+  Attributes:
+    reduction: r, the bottleneck is `C // r` wide; C must be divisible by r.
+    dtype: compute dtype (None: the input's).
+    param_dtype: parameter dtype.
+  """
+  reduction: int = 16
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    """Re-weights channels.
+
+    Args:
+      x: `(..., H, W, C)` feature map.
+      train: unused; part of the shared attention-module signature.
+
+    Returns:
+      `(..., H, W, C)`.
+    """
+    del train
+    x = _feature_map(x, "SqueezeExcite")
+    hidden = _divisible_hidden(x.shape[-1], self.reduction, "SqueezeExcite")
+    dtype = _compute_dtype(x, self.dtype)
+    squeezed = jnp.mean(x.astype(jnp.float32), axis=(-3, -2)).astype(dtype)
+    gate = nn.sigmoid(_Bottleneck(hidden, dtype, self.param_dtype, name="mlp")(squeezed))
+    return x.astype(dtype) * gate[..., None, None, :]
+
+
+def eca_kernel_size(channels: int, gamma: float = 2.0, b: float = 1.0) -> int:
+  """The adaptive 1-D kernel size of ECA-Net: the odd number nearest `|log2(C)/γ + b/γ|`.
+
+  Written as in the authors' code: `t = int(|(log2 C + b) / γ|)`, then `t` if odd else `t + 1`.
+  """
+  t = int(abs((math.log2(channels) + b) / gamma))
+  return t if t % 2 else t + 1
+
+
+class EfficientChannelAttention(nn.Module):
+  """ECA (Wang et al., 2020): a 1-D conv across the pooled channels, no bias, sigmoid.
+
+  Attributes:
+    kernel_size: odd kernel size k; None picks `eca_kernel_size(C, gamma, b)`.
+    gamma: γ of the adaptive kernel size.
+    b: b of the adaptive kernel size.
+    dtype: compute dtype (None: the input's).
+    param_dtype: parameter dtype.
+  """
+  kernel_size: int | None = None
+  gamma: float = 2.0
+  b: float = 1.0
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    """Re-weights channels.
+
+    Args:
+      x: `(..., H, W, C)` feature map.
+      train: unused; part of the shared attention-module signature.
+
+    Returns:
+      `(..., H, W, C)`.
+    """
+    del train
+    x = _feature_map(x, "EfficientChannelAttention")
+    k = self.kernel_size or eca_kernel_size(x.shape[-1], self.gamma, self.b)
+    if k < 1 or k % 2 == 0:
+      raise ValueError(f"EfficientChannelAttention: kernel_size must be a positive odd int, got {k}")
+    dtype = _compute_dtype(x, self.dtype)
+    squeezed = jnp.mean(x.astype(jnp.float32), axis=(-3, -2)).astype(dtype)
+    # Channels become the 1-D "length" axis of a single-feature conv.
+    logits = nn.Conv(1, (k,), padding="SAME", use_bias=False, dtype=dtype,
+                     param_dtype=self.param_dtype, name="conv")(squeezed[..., None])
+    return x.astype(dtype) * nn.sigmoid(logits[..., 0])[..., None, None, :]
+
+
+class SpatialAttention(nn.Module):
+  """CBAM's spatial attention: `x * sigmoid(conv_kxk([mean_c(x), max_c(x)]))`.
+
+  The map `(..., H, W)` is sown as `intermediates/<path>/attention_map`; see
+  `regionatt_jax.nn.attention_maps`.
+
+  Attributes:
+    kernel_size: k of the k×k conv (7 in the paper).
+    dtype: compute dtype (None: the input's).
+    param_dtype: parameter dtype.
+  """
+  kernel_size: int = 7
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    """Re-weights positions.
+
+    Args:
+      x: `(..., H, W, C)` feature map.
+      train: unused; part of the shared attention-module signature.
+
+    Returns:
+      `(..., H, W, C)`.
+    """
+    del train
+    x = _feature_map(x, "SpatialAttention")
+    dtype = _compute_dtype(x, self.dtype)
+    x32 = x.astype(jnp.float32)
+    pooled = jnp.stack([jnp.mean(x32, axis=-1), jnp.max(x32, axis=-1)], axis=-1).astype(dtype)
+    logits = nn.Conv(1, (self.kernel_size, self.kernel_size), padding="SAME", use_bias=False,
+                     dtype=dtype, param_dtype=self.param_dtype, name="conv")(pooled)
+    attention = nn.sigmoid(logits[..., 0])
+    self.sow("intermediates", ATTENTION_MAP, attention)
+    return x.astype(dtype) * attention[..., None]
+
+
+class CBAM(nn.Module):
+  """Convolutional block attention module (Woo et al., 2018): channel, then spatial.
+
+  Channel gate: `sigmoid(MLP(mean_hw x) + MLP(max_hw x))` with one shared MLP
+  `C -> C/r -> C`; then `SpatialAttention(kernel_size)`.
+
+  Attributes:
+    reduction: r; C must be divisible by r.
+    kernel_size: k of the spatial attention conv.
+    dtype: compute dtype (None: the input's).
+    param_dtype: parameter dtype.
+  """
+  reduction: int = 16
+  kernel_size: int = 7
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    """Re-weights channels, then positions.
+
+    Args:
+      x: `(..., H, W, C)` feature map.
+      train: unused; part of the shared attention-module signature.
+
+    Returns:
+      `(..., H, W, C)`.
+    """
+    x = _feature_map(x, "CBAM")
+    hidden = _divisible_hidden(x.shape[-1], self.reduction, "CBAM")
+    dtype = _compute_dtype(x, self.dtype)
+    x32 = x.astype(jnp.float32)
+    mlp = _Bottleneck(hidden, dtype, self.param_dtype, name="mlp")
+    channel_logits = (mlp(jnp.mean(x32, axis=(-3, -2)).astype(dtype))
+                      + mlp(jnp.max(x32, axis=(-3, -2)).astype(dtype)))
+    x = x.astype(dtype) * nn.sigmoid(channel_logits)[..., None, None, :]
+    return SpatialAttention(self.kernel_size, dtype, self.param_dtype, name="spatial")(x, train)
+
+
+class CoordinateAttention(nn.Module):
+  """Coordinate attention (Hou et al., 2021).
+
+  Pools along W and along H, runs both strips through one shared 1x1 conv `C -> m`
+  (`m = max(min_hidden, C // r)`) + BatchNorm + h-swish, then a 1x1 conv `m -> C` per
+  direction and a sigmoid: `y = x * a_h[..., :, None, :] * a_w[..., None, :, :]`.
+
+  Attributes:
+    reduction: r (32 in the paper).
+    min_hidden: lower bound on m (8 in the paper).
+    momentum: BatchNorm momentum.
+    dtype: compute dtype (None: the input's).
+    param_dtype: parameter dtype.
+  """
+  reduction: int = 32
+  min_hidden: int = 8
+  momentum: float = 0.9
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    """Re-weights by row and by column.
+
+    Args:
+      x: `(..., H, W, C)` feature map.
+      train: BatchNorm uses batch statistics (and updates 'batch_stats') when True.
+
+    Returns:
+      `(..., H, W, C)`.
+    """
+    x = _feature_map(x, "CoordinateAttention")
+    height, channels = x.shape[-3], x.shape[-1]
+    if self.reduction < 1:
+      raise ValueError(f"CoordinateAttention: reduction must be >= 1, got {self.reduction}")
+    hidden = max(self.min_hidden, channels // self.reduction)
+    dtype = _compute_dtype(x, self.dtype)
+    dense = lambda features, name: nn.Dense(  # a 1x1 conv
+        features, dtype=dtype, param_dtype=self.param_dtype, name=name)
+    x32 = x.astype(jnp.float32)
+    strips = jnp.concatenate([jnp.mean(x32, axis=-2), jnp.mean(x32, axis=-3)], axis=-2)
+    y = dense(hidden, "conv_shared")(strips.astype(dtype))
+    y = nn.BatchNorm(use_running_average=not train, momentum=self.momentum, dtype=dtype,
+                     param_dtype=self.param_dtype, name="bn")(y)
+    y = nn.hard_swish(y)
+    along_h, along_w = y[..., :height, :], y[..., height:, :]
+    a_h = nn.sigmoid(dense(channels, "conv_h")(along_h))
+    a_w = nn.sigmoid(dense(channels, "conv_w")(along_w))
+    return x.astype(dtype) * a_h[..., :, None, :] * a_w[..., None, :, :]

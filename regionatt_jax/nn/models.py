@@ -1,0 +1,325 @@
+"""Classifiers: `AttentionNet` (the seed network), `RegionAttentionClassifier` (a small CNN
+or ResNet-18/34 backbone, attention per stage, region-attention head) and
+`MILClassifier` (instance CNN + attention pooling).
+
+All take channels-last input and return logits `(..., num_classes)`; call them as
+`model.apply(variables, x, train=...)` (with `mutable=["batch_stats"]` when training a
+model with BatchNorm). Those with an attention map sow it (see
+`regionatt_jax.nn.maps.attention_maps`). The conv layer class is one attribute,
+`conv` (default `flax.linen.Conv`), so a faster drop-in can replace it everywhere.
+"""
+
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from regionatt_jax import _checks
+from regionatt_jax.nn.factory import make_attention
+from regionatt_jax.nn.maps import ATTENTION_MAP
+from regionatt_jax.nn.pooling import AttentionPooling
+
+Dtype = Any
+ModuleDef = Any
+
+#: Options that make "region"/"multiscale" keep the feature-map shape inside a stage.
+STAGE_ATTENTION_DEFAULTS: Mapping[str, Mapping[str, Any]] = {
+    "region": {"grid": (2, 2), "normalize": "sigmoid", "aggregate": "reassemble"},
+    "multiscale": {"mode": "parallel"},
+}
+
+#: Default options of the classifier head.
+HEAD_DEFAULTS: Mapping[str, Mapping[str, Any]] = {
+    "region": {"grid": (4, 4)},
+    "multiscale": {"grids": ((1, 1), (2, 2), (4, 4)), "mode": "coarse_to_fine"},
+}
+
+
+def _image(x, module: str, min_rank: int = 4):
+  return _checks.float_array(x, f"{module}: x (images `(B, H, W, C)`)", min_rank=min_rank)
+
+
+def _global_mean(x):
+  return jnp.mean(x.astype(jnp.float32), axis=(-3, -2)).astype(x.dtype)
+
+
+def _stage_attention(name, kwargs, index: int, dtype, param_dtype):
+  """The attention module of one stage; channel/spatial modules get the model's dtypes."""
+  options = {**STAGE_ATTENTION_DEFAULTS.get(name, {}), **(kwargs or {})}
+  if name in ("se", "eca", "spatial", "cbam", "coordinate"):
+    options = {"dtype": dtype, "param_dtype": param_dtype, **options}
+  return make_attention(name, name=f"attention_{index}", **options)
+
+
+class AttentionNet(nn.Module):
+  """The seed network of the design document, fixed so that it runs.
+
+  conv 3x3 C->64, ReLU, conv 3x3 64->128, ReLU; attention map `m = sigmoid(conv1x1
+  128->1)`; features * m; conv 1x1 128->num_classes; global average pool -> logits.
+  The map `(B, H, W)` is sown as `attention_map`.
+
+  How this departs from the printed PyTorch version, and why: there the attention branch
+  is `Conv2d(1, 1, 1)` applied to the 128-channel features (a channel mismatch), its
+  output is concatenated to them (129 channels) and fed to `Conv2d(128, 1, 1)` (a second
+  mismatch), and the network ends in a one-channel map rather than class logits, so it
+  cannot run or classify. Here the attention conv reads the 128 channels, the map
+  multiplies the features instead of being concatenated, and a 1x1 conv to the classes
+  plus global average pooling gives logits.
+
+  Attributes:
+    num_classes: number of classes.
+    features: widths of the two 3x3 convs (64, 128 in the paper).
+    conv: conv class (a drop-in for `flax.linen.Conv`).
+    dtype: compute dtype (None: inferred).
+    param_dtype: parameter dtype.
+  """
+  num_classes: int
+  features: Sequence[int] = (64, 128)
+  conv: ModuleDef = nn.Conv
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    """Args: x: `(..., H, W, C)` images; train: unused (no BatchNorm). Returns `(..., classes)`."""
+    del train
+    x = _image(x, "AttentionNet", min_rank=3)
+    conv = functools.partial(self.conv, dtype=self.dtype, param_dtype=self.param_dtype)
+    for i, width in enumerate(self.features):
+      x = nn.relu(conv(width, (3, 3), padding="SAME", name=f"conv_{i}")(x))
+    attention = nn.sigmoid(conv(1, (1, 1), name="attention")(x))[..., 0]
+    self.sow("intermediates", ATTENTION_MAP, attention)
+    x = x * attention[..., None].astype(x.dtype)
+    return _global_mean(conv(self.num_classes, (1, 1), name="classifier")(x))
+
+
+class SmallCNN(nn.Module):
+  """Stages of conv 3x3 -> BatchNorm -> ReLU -> attention, 2x2 max pool between stages.
+
+  With the default (32, 64, 128) a 64x64 input leaves a 16x16x128 feature map.
+
+  Attributes:
+    features: width of each stage.
+    attention: per-stage attention name for `make_attention`, or None.
+    attention_kwargs: options for it (see `STAGE_ATTENTION_DEFAULTS`).
+    batch_norm: use BatchNorm after each conv.
+    conv: conv class.
+    dtype: compute dtype.
+    param_dtype: parameter dtype.
+  """
+  features: Sequence[int] = (32, 64, 128)
+  attention: str | None = None
+  attention_kwargs: Mapping[str, Any] | None = None
+  batch_norm: bool = True
+  conv: ModuleDef = nn.Conv
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    """Args: x: `(..., H, W, C)`; train: BatchNorm mode. Returns `(..., H/2^(S-1), W/2^(S-1), F)`."""
+    for i, width in enumerate(self.features):
+      x = self.conv(width, (3, 3), padding="SAME", use_bias=not self.batch_norm,
+                    dtype=self.dtype, param_dtype=self.param_dtype, name=f"conv_{i}")(x)
+      if self.batch_norm:
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
+                         param_dtype=self.param_dtype, name=f"bn_{i}")(x)
+      x = nn.relu(x)
+      attention = _stage_attention(self.attention, self.attention_kwargs, i, self.dtype,
+                                   self.param_dtype)
+      if attention is not None:
+        x = attention(x, train)
+      if i < len(self.features) - 1:
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    return x
+
+
+class _BasicBlock(nn.Module):
+  """ResNet basic block; the stage attention sits on the residual branch before the add,
+  as in SE-ResNet and CBAM."""
+  features: int
+  strides: int
+  attention: nn.Module | None
+  conv: ModuleDef
+  norm: ModuleDef
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    residual = x
+    y = self.conv(self.features, (3, 3), (self.strides, self.strides), padding="SAME",
+                  use_bias=False, name="conv_0")(x)
+    y = nn.relu(self.norm(name="bn_0")(y))
+    y = self.conv(self.features, (3, 3), padding="SAME", use_bias=False, name="conv_1")(y)
+    y = self.norm(name="bn_1", scale_init=nn.initializers.zeros)(y)
+    if self.attention is not None:
+      y = self.attention(y, train)
+    if residual.shape != y.shape:
+      residual = self.conv(self.features, (1, 1), (self.strides, self.strides),
+                           use_bias=False, name="conv_proj")(residual)
+      residual = self.norm(name="bn_proj")(residual)
+    return nn.relu(residual + y)
+
+
+class ResNet(nn.Module):
+  """ResNet with basic blocks (ResNet-18: (2, 2, 2, 2), ResNet-34: (3, 4, 6, 3)).
+
+  Attributes:
+    stage_sizes: blocks per stage.
+    width: channels of the first stage (doubled per stage).
+    stem: `"imagenet"` (7x7/2 conv + 3x3/2 max pool) or `"small"` (3x3/1 conv, for
+      small images such as 32x32 or 64x64).
+    attention: per-block attention name for `make_attention`, or None.
+    attention_kwargs: options for it.
+    conv: conv class.
+    dtype: compute dtype.
+    param_dtype: parameter dtype.
+  """
+  stage_sizes: Sequence[int] = (2, 2, 2, 2)
+  width: int = 64
+  stem: str = "small"
+  attention: str | None = None
+  attention_kwargs: Mapping[str, Any] | None = None
+  conv: ModuleDef = nn.Conv
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    """Args: x: `(..., H, W, C)`; train: BatchNorm mode. Returns the last feature map."""
+    _checks.choice(self.stem, "ResNet: stem", ("imagenet", "small"))
+    conv = functools.partial(self.conv, dtype=self.dtype, param_dtype=self.param_dtype)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                             dtype=self.dtype, param_dtype=self.param_dtype)
+    if self.stem == "imagenet":
+      x = conv(self.width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], use_bias=False,
+               name="stem_conv")(x)
+      x = nn.relu(norm(name="stem_bn")(x))
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+    else:
+      x = conv(self.width, (3, 3), padding="SAME", use_bias=False, name="stem_conv")(x)
+      x = nn.relu(norm(name="stem_bn")(x))
+    index = 0
+    for stage, blocks in enumerate(self.stage_sizes):
+      for block in range(blocks):
+        attention = _stage_attention(self.attention, self.attention_kwargs, index,
+                                     self.dtype, self.param_dtype)
+        x = _BasicBlock(self.width * 2**stage, 2 if stage > 0 and block == 0 else 1,
+                        attention, conv, norm, name=f"block_{index}")(x, train)
+        index += 1
+    return x
+
+
+ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2))
+ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3))
+
+BACKBONES: Mapping[str, ModuleDef] = {
+    "small_cnn": SmallCNN, "resnet18": ResNet18, "resnet34": ResNet34}
+
+
+class RegionAttentionClassifier(nn.Module):
+  """Backbone (attention per stage) -> region-attention head -> global mean -> Dense.
+
+  The head (`RegionAttention` or `MultiScaleRegionAttention`, built by
+  `make_attention(head, **head_kwargs)`, defaults in `HEAD_DEFAULTS`) is the submodule
+  "head"; its region weights and map are sown there, and `attention_maps(state, (H, W))`
+  returns that map.
+
+  Attributes:
+    num_classes: number of classes.
+    backbone: `"small_cnn"`, `"resnet18"`, `"resnet34"`.
+    backbone_kwargs: options of the backbone (e.g. `features=(32, 64, 128)`, `stem=...`).
+    attention: per-stage attention name (see `make_attention`), or None.
+    attention_kwargs: options of the per-stage attention.
+    head: `"region"`, `"multiscale"` or None (plain global average pooling).
+    head_kwargs: options of the head (e.g. `grid=(4, 4)`, `scorer=ConvScorer()`).
+    conv: conv class used by the backbone.
+    dtype: compute dtype.
+    param_dtype: parameter dtype.
+  """
+  num_classes: int
+  backbone: str = "small_cnn"
+  backbone_kwargs: Mapping[str, Any] | None = None
+  attention: str | None = None
+  attention_kwargs: Mapping[str, Any] | None = None
+  head: str | None = "region"
+  head_kwargs: Mapping[str, Any] | None = None
+  conv: ModuleDef = nn.Conv
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    """Classifies images.
+
+    Args:
+      x: `(B, H, W, C)` images (any number of leading axes).
+      train: BatchNorm uses batch statistics when True.
+
+    Returns:
+      `(B, num_classes)` logits, float32.
+    """
+    x = _image(x, "RegionAttentionClassifier", min_rank=3)
+    _checks.choice(self.backbone, "RegionAttentionClassifier: backbone", BACKBONES)
+    if self.head not in (None, "region", "multiscale"):
+      raise ValueError(f"RegionAttentionClassifier: head must be 'region', 'multiscale' or "
+                       f"None, got {self.head!r}")
+    features = BACKBONES[self.backbone](
+        attention=self.attention, attention_kwargs=self.attention_kwargs, conv=self.conv,
+        dtype=self.dtype, param_dtype=self.param_dtype, name="backbone",
+        **(self.backbone_kwargs or {}))(x, train)
+    head = make_attention(self.head, name="head",
+                          **{**HEAD_DEFAULTS.get(self.head, {}), **(self.head_kwargs or {})})
+    if head is not None:
+      features = head(features, train)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                      name="classifier")(_global_mean(features))
+    return logits.astype(jnp.float32)
+
+
+class MILClassifier(nn.Module):
+  """Multiple-instance classifier: instance CNN -> embedding -> `AttentionPooling` -> Dense.
+
+  The instance weights `(B, N)` are sown by the "pooling" submodule as
+  `instance_weights` (read them with `regionatt_jax.nn.instance_weights`).
+
+  Attributes:
+    num_classes: number of bag classes (1 for a single binary logit).
+    features: widths of the instance CNN (`SmallCNN` without BatchNorm, so padded
+      instances cannot leak into batch statistics).
+    embed_dim: instance embedding width.
+    pooling: `"attention"`, `"gated"`, `"mean"` or `"max"`.
+    hidden: width of the attention score.
+    conv: conv class.
+    dtype: compute dtype.
+    param_dtype: parameter dtype.
+  """
+  num_classes: int
+  features: Sequence[int] = (16, 32)
+  embed_dim: int = 64
+  pooling: str = "attention"
+  hidden: int = 64
+  conv: ModuleDef = nn.Conv
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, mask=None):
+    """Classifies bags.
+
+    Args:
+      x: `(B, N, h, w, C)` bags of N instance images.
+      train: unused (no BatchNorm or dropout).
+      mask: optional boolean `(B, N)` mask of real (not padding) instances.
+
+    Returns:
+      `(B, num_classes)` logits, float32.
+    """
+    x = _image(x, "MILClassifier", min_rank=4)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = SmallCNN(self.features, batch_norm=False, conv=self.conv, name="instance_cnn",
+                 **kw)(x, train)
+    h = nn.relu(nn.Dense(self.embed_dim, name="embed", **kw)(_global_mean(h)))
+    bag = AttentionPooling(self.pooling, self.hidden, name="pooling", **kw)(h, mask)
+    return nn.Dense(self.num_classes, name="classifier", **kw)(bag).astype(jnp.float32)

@@ -1,0 +1,199 @@
+"""Region attention as Flax modules: one grid (`RegionAttention`) or several
+(`MultiScaleRegionAttention`). Both call `regionatt_jax.region_attention`.
+
+Both sow into 'intermediates' (read them with `apply(..., mutable=["intermediates"])`
+and `regionatt_jax.nn.attention_maps`):
+`region_weights` `(..., N)` (RegionAttention) and `attention_map` `(..., H, W)` at the
+resolution of the module's input.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import einops
+import flax.linen as nn
+import jax.numpy as jnp
+
+import regionatt_jax as ra
+from regionatt_jax import _checks
+from regionatt_jax.nn.maps import ATTENTION_MAP, REGION_WEIGHTS
+from regionatt_jax.nn.scorers import MLPScorer
+
+Dtype = Any
+ModuleDef = Any
+
+#: Normalizers whose weights sum to 1 over the regions.
+_SUM_TO_ONE = ("softmax", "sparsemax")
+
+
+def _layout(x, module: str, grid, size=None, stride=None, pad=False):
+  """`ra.region_layout` of the feature map `x`, with errors that name the module."""
+  try:
+    return ra.region_layout(x.shape[-3:-1], grid, size=size, stride=stride, pad=pad)
+  except (ValueError, TypeError) as error:
+    raise type(error)(
+        f"{module}: cannot cut its input feature map of spatial shape "
+        f"{tuple(x.shape[-3:-1])} into regions: {error}") from None
+
+
+class RegionAttention(nn.Module):
+  """`y, a = region_attention(x, scorer, ...)`: score, normalize, weight and aggregate regions.
+
+  Exactly one of `grid` and `size` (with optional `stride`) gives the regions, as in
+  `regionatt_jax.region_layout`.
+
+  Attributes:
+    grid: `(gh, gw)` non-overlapping regions.
+    size: `(h, w)` sliding windows.
+    stride: `(sh, sw)` window step (default: `size`).
+    pad: zero-pad the input so the regions cover it; all-padding regions are masked.
+    scorer: a module mapping `(..., N, h, w, C)` to `(..., N)` (default `MLPScorer()`).
+    normalize: `"softmax"`, `"sigmoid"`, `"sparsemax"` or `"none"`.
+    aggregate: `"sum"` / `"mean"` (output `(..., h, w, C)`) or `"reassemble"` (`(..., H, W, C)`).
+    temperature: scores are divided by it before normalizing.
+    dtype: compute dtype of the default scorer.
+    param_dtype: parameter dtype of the default scorer.
+  """
+  grid: Sequence[int] | None = None
+  size: Sequence[int] | None = None
+  stride: Sequence[int] | None = None
+  pad: bool = False
+  scorer: nn.Module | None = None
+  normalize: str = "softmax"
+  aggregate: str = "sum"
+  temperature: float = 1.0
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  def _region_args(self):
+    return dict(size=self.size, stride=self.stride, pad=self.pad)
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, mask=None):
+    """Attends over the regions of `x`.
+
+    Args:
+      x: `(..., H, W, C)` feature map.
+      train: unused; part of the shared attention-module signature.
+      mask: optional boolean `(..., N)` mask of valid regions.
+
+    Returns:
+      `(..., h, w, C)` for sum/mean, `(..., H, W, C)` for reassemble.
+    """
+    del train
+    x = _checks.float_array(x, "RegionAttention: x (feature map `(..., H, W, C)`)", min_rank=3)
+    _layout(x, "RegionAttention", self.grid, **self._region_args())
+    scorer = self.scorer if self.scorer is not None else MLPScorer(
+        dtype=self.dtype, param_dtype=self.param_dtype, name="scorer")
+    y, weights = ra.region_attention(
+        x, scorer, self.grid, **self._region_args(), normalize=self.normalize,
+        aggregate=self.aggregate, mask=mask, temperature=self.temperature)
+    self.sow("intermediates", REGION_WEIGHTS, weights)
+    self.sow("intermediates", ATTENTION_MAP, ra.attention_map(
+        weights, self.grid, **self._region_args(), image_shape=x.shape[-3:-1]))
+    return y
+
+
+MODES = ("parallel", "coarse_to_fine")
+
+
+class MultiScaleRegionAttention(nn.Module):
+  """Region attention over several grids, coarse to fine (e.g. 1x1, 2x2, 4x4, 8x8).
+
+  `mode="parallel"`: region attention per grid (own scorer, aggregate "reassemble"), fused by learned softmax weights β over the scales:
+  `y = Σ_s β_s g_s y_s`, where `g_s = N_s` for sum-to-one normalizers (softmax,
+  sparsemax) so that uniform weights return `x` at every scale, else 1. Output
+  `(..., H, W, C)`; the sown map is the per-pixel gain, `y = map[..., None] * x`.
+
+  `mode="coarse_to_fine"`: hierarchical weights. Each grid must refine the previous one
+  (its counts are multiples). Level 0 weights are `normalize(s_0)`; a region at level
+  l gets its parent's weight times `normalize` of its score among its siblings, so with
+  softmax the finest weights sum to 1. The finest regions are then aggregated with
+  `aggregate` (`"sum"` -> `(..., h, w, C)` of the finest region size).
+
+  Attributes:
+    grids: the grids, coarse to fine.
+    mode: `"parallel"` or `"coarse_to_fine"`.
+    scorer: a module class or factory; called as `scorer(name=...)` once per grid.
+    normalize: a kind of `regionatt_jax.normalize`.
+    aggregate: coarse_to_fine only: `"sum"`, `"mean"` or `"reassemble"`.
+    param_dtype: dtype of the fusion logits.
+  """
+  grids: Sequence[Sequence[int]] = ((1, 1), (2, 2), (4, 4))
+  mode: str = "parallel"
+  scorer: ModuleDef = MLPScorer
+  normalize: str = "softmax"
+  aggregate: str = "sum"
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    """Attends over the regions of `x` at every scale.
+
+    Args:
+      x: `(..., H, W, C)` feature map.
+      train: unused; part of the shared attention-module signature.
+
+    Returns:
+      `(..., H, W, C)` (parallel) or as `aggregate` says over the finest grid.
+    """
+    del train
+    _checks.choice(self.mode, "MultiScaleRegionAttention: mode", MODES)
+    x = _checks.float_array(
+        x, "MultiScaleRegionAttention: x (feature map `(..., H, W, C)`)", min_rank=3)
+    if not self.grids:
+      raise ValueError("MultiScaleRegionAttention: grids must name at least one grid, got ()")
+    layouts = [_layout(x, "MultiScaleRegionAttention", grid) for grid in self.grids]
+    if self.mode == "parallel":
+      return self._parallel(x, layouts)
+    return self._coarse_to_fine(x, layouts)
+
+  def _parallel(self, x, layouts):
+    fusion = nn.softmax(self.param("fusion_logits", nn.initializers.zeros,
+                                   (len(layouts),), self.param_dtype).astype(jnp.float32))
+    y, gain = 0.0, 0.0
+    for s, layout in enumerate(layouts):
+      y_s, weights = ra.region_attention(x, self.scorer(name=f"scorer_{s}"), layout.counts,
+                                         normalize=self.normalize, aggregate="reassemble")
+      scale = fusion[s] * (layout.num_regions if self.normalize in _SUM_TO_ONE else 1)
+      y = y + scale.astype(x.dtype) * y_s
+      gain = gain + scale * ra.attention_map(weights, layout.counts,
+                                             image_shape=x.shape[-3:-1])
+    self.sow("intermediates", ATTENTION_MAP, gain)
+    return y
+
+  def _coarse_to_fine(self, x, layouts):
+    for coarse, fine in zip(layouts, layouts[1:]):
+      if any(f % c for c, f in zip(coarse.counts, fine.counts)):
+        raise ValueError(
+            f"MultiScaleRegionAttention: in coarse_to_fine mode every grid must refine the "
+            f"previous one, got {coarse.counts} then {fine.counts}")
+    scorers = [self.scorer(name=f"scorer_{s}") for s in range(len(layouts))]
+
+    def hierarchical_weights(finest_regions):
+      weights, parent = None, None
+      for s, layout in enumerate(layouts):
+        regions = finest_regions if s == len(layouts) - 1 else ra.partition(x, layout.counts)
+        scores = scorers[s](regions)
+        if parent is None:
+          weights, parent = ra.normalize(scores, self.normalize), layout
+          continue
+        (gh, gw), (fh, fw) = parent.counts, tuple(
+            f // c for c, f in zip(parent.counts, layout.counts))
+        siblings = einops.rearrange(scores, "... (gh fh gw fw) -> ... (gh gw) (fh fw)",
+                                    gh=gh, fh=fh, gw=gw, fw=fw)
+        within = ra.normalize(siblings, self.normalize) * weights[..., :, None]
+        weights = einops.rearrange(within, "... (gh gw) (fh fw) -> ... (gh fh gw fw)",
+                                   gh=gh, fh=fh, gw=gw, fw=fw)
+        parent = layout
+      return weights
+
+    finest = layouts[-1].counts
+    # The scorer already returns normalized weights, so region_attention must not
+    # normalize again; it still runs its one-pass weighted sum.
+    y, weights = ra.region_attention(x, hierarchical_weights, finest, normalize="none",
+                                     aggregate=self.aggregate)
+    self.sow("intermediates", REGION_WEIGHTS, weights)
+    self.sow("intermediates", ATTENTION_MAP,
+             ra.attention_map(weights, finest, image_shape=x.shape[-3:-1]))
+    return y

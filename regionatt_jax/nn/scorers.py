@@ -1,0 +1,253 @@
+"""Region scorers f: regions `(..., N, h, w, C)` -> scores `(..., N)`, a_i = f(R_i).
+
+Every scorer sees all N regions at once (the `score_fn` contract of
+`regionatt_jax.region_attention`), so recurrent and self-attentive scorers can relate
+regions to each other. They return unnormalized scores; `normalize` turns them into
+weights. Pass one as `RegionAttention(scorer=...)` or call `region_attention(x, scorer)`
+inside a Flax module.
+
+| scorer | f(R_i) |
+|---|---|
+| `ConvScorer` | a small CNN run on every region (shared weights), mean pool, Dense 1 |
+| `MLPScorer` | an MLP on the pooled region features |
+| `GatedScorer` | gated attention of attention-based MIL (Ilse et al., 2018) on pooled features |
+| `RecurrentScorer` | GRU/LSTM over the region sequence (row-major), optionally bidirectional |
+| `SelfAttentionScorer` | a Transformer block over the regions, optional learned positions |
+
+`AttentionScore` is the Ilse et al. score on embeddings `(..., N, D) -> (..., N)`, shared
+with `AttentionPooling`.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from regionatt_jax import _checks
+
+Dtype = Any
+ModuleDef = Any
+
+POOLINGS = ("mean", "meanmax")
+
+
+def _regions(regions, module: str):
+  return _checks.float_array(regions, f"{module}: regions (`(..., N, h, w, C)`)", min_rank=4)
+
+
+def pool_regions(regions, pool: str = "mean", dtype: Dtype | None = None):
+  """Summarizes each region by its spatial mean (and max), computed in float32.
+
+  Args:
+    regions: `(..., N, h, w, C)`.
+    pool: `"mean"` -> `(..., N, C)`; `"meanmax"` -> `(..., N, 2C)`, mean then max.
+    dtype: dtype of the result (None: the regions').
+
+  Returns:
+    `(..., N, C)` or `(..., N, 2C)` region features.
+  """
+  regions = _regions(regions, "pool_regions")
+  _checks.choice(pool, "pool", POOLINGS)
+  wide = regions.astype(jnp.float32)
+  features = jnp.mean(wide, axis=(-3, -2))
+  if pool == "meanmax":
+    features = jnp.concatenate([features, jnp.max(wide, axis=(-3, -2))], axis=-1)
+  return features.astype(dtype if dtype is not None else regions.dtype)
+
+
+class AttentionScore(nn.Module):
+  """The attention score of attention-based MIL (Ilse et al., 2018) on embeddings.
+
+  Plain: `s_k = w^T tanh(V h_k)`. Gated: `s_k = w^T (tanh(V h_k) * sigmoid(U h_k))`.
+  Softmax over k of `s_k` gives the paper's weights a_k. V, U and w carry biases, as in
+  the authors' code (w's bias cancels in the softmax).
+
+  Attributes:
+    hidden: rows of V and U (D in the paper; 128 there).
+    gated: use the gated form.
+    dtype: compute dtype (None: inferred).
+    param_dtype: parameter dtype.
+  """
+  hidden: int = 64
+  gated: bool = False
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, h):
+    """Scores instances.
+
+    Args:
+      h: `(..., N, D)` embeddings.
+
+    Returns:
+      `(..., N)` scores.
+    """
+    h = _checks.float_array(h, "AttentionScore: h (`(..., N, D)`)", min_rank=2)
+    dense = lambda features, name: nn.Dense(
+        features, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+    hidden = jnp.tanh(dense(self.hidden, "V")(h))
+    if self.gated:
+      hidden = hidden * nn.sigmoid(dense(self.hidden, "U")(h))
+    return dense(1, "w")(hidden)[..., 0]
+
+
+class MLPScorer(nn.Module):
+  """An MLP on pooled region features: `f(R_i) = MLP(pool(R_i))`.
+
+  Attributes:
+    hidden: widths of the hidden Dense layers (ReLU after each).
+    pool: `"mean"` or `"meanmax"`, see `pool_regions`.
+    dtype: compute dtype (None: the regions').
+    param_dtype: parameter dtype.
+  """
+  hidden: Sequence[int] = (64,)
+  pool: str = "mean"
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, regions):
+    """Args: regions: `(..., N, h, w, C)`. Returns: `(..., N)` scores."""
+    h = pool_regions(regions, self.pool, self.dtype)
+    for i, width in enumerate(self.hidden):
+      h = nn.relu(nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype,
+                           name=f"hidden_{i}")(h))
+    return nn.Dense(1, dtype=self.dtype, param_dtype=self.param_dtype, name="out")(h)[..., 0]
+
+
+class GatedScorer(nn.Module):
+  """Gated attention (Ilse et al., 2018) on pooled regions: `w^T(tanh(V h) * sigmoid(U h))`.
+
+  Attributes:
+    hidden: rows of V and U.
+    pool: `"mean"` or `"meanmax"`, see `pool_regions`.
+    dtype: compute dtype (None: the regions').
+    param_dtype: parameter dtype.
+  """
+  hidden: int = 64
+  pool: str = "mean"
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, regions):
+    """Args: regions: `(..., N, h, w, C)`. Returns: `(..., N)` scores."""
+    h = pool_regions(regions, self.pool, self.dtype)
+    return AttentionScore(self.hidden, gated=True, dtype=self.dtype,
+                          param_dtype=self.param_dtype, name="attention")(h)
+
+
+class ConvScorer(nn.Module):
+  """A small CNN applied to every region with shared weights, then mean pool and Dense 1.
+
+  Attributes:
+    features: output channels of the 3x3 (`kernel_size`) conv layers, ReLU after each.
+    kernel_size: conv kernel size.
+    conv: the conv class (a drop-in for `flax.linen.Conv`).
+    dtype: compute dtype (None: the regions').
+    param_dtype: parameter dtype.
+  """
+  features: Sequence[int] = (16, 32)
+  kernel_size: int = 3
+  conv: ModuleDef = nn.Conv
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, regions):
+    """Args: regions: `(..., N, h, w, C)`. Returns: `(..., N)` scores."""
+    h = _regions(regions, "ConvScorer")
+    for i, width in enumerate(self.features):
+      h = nn.relu(self.conv(width, (self.kernel_size, self.kernel_size), padding="SAME",
+                            dtype=self.dtype, param_dtype=self.param_dtype,
+                            name=f"conv_{i}")(h))
+    h = pool_regions(h, "mean")
+    return nn.Dense(1, dtype=self.dtype, param_dtype=self.param_dtype, name="out")(h)[..., 0]
+
+
+CELLS: dict[str, Callable[..., nn.RNNCellBase]] = {"gru": nn.GRUCell, "lstm": nn.LSTMCell}
+
+
+class RecurrentScorer(nn.Module):
+  """A GRU or LSTM run over the pooled regions in row-major order, then Dense 1.
+
+  With `bidirectional=True` a second RNN reads the sequence backwards and the two hidden
+  states are concatenated, so every score depends on all regions.
+
+  Attributes:
+    hidden: hidden size of the cell.
+    cell: `"gru"` or `"lstm"`.
+    bidirectional: also run backwards.
+    pool: `"mean"` or `"meanmax"`, see `pool_regions`.
+    dtype: compute dtype (None: the regions').
+    param_dtype: parameter dtype.
+  """
+  hidden: int = 64
+  cell: str = "gru"
+  bidirectional: bool = False
+  pool: str = "mean"
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, regions):
+    """Args: regions: `(..., N, h, w, C)`. Returns: `(..., N)` scores."""
+    _checks.choice(self.cell, "RecurrentScorer: cell", CELLS)
+    h = pool_regions(regions, self.pool, self.dtype)
+    lead, (n, d) = h.shape[:-2], h.shape[-2:]
+    sequence = h.reshape((-1, n, d))  # nn.RNN scans (batch, time, features)
+    make_rnn = lambda name: nn.RNN(
+        CELLS[self.cell](self.hidden, dtype=self.dtype, param_dtype=self.param_dtype),
+        name=name)
+    if self.bidirectional:
+      rnn = nn.Bidirectional(make_rnn("forward"), make_rnn("backward"), name="rnn")
+    else:
+      rnn = make_rnn("rnn")
+    states = rnn(sequence)
+    scores = nn.Dense(1, dtype=self.dtype, param_dtype=self.param_dtype, name="out")(states)
+    return scores.reshape(lead + (n,))
+
+
+class SelfAttentionScorer(nn.Module):
+  """Regions attend to each other (one pre-LayerNorm Transformer block), then Dense 1.
+
+  Attributes:
+    embed_dim: width of the region embeddings.
+    num_heads: attention heads; must divide `embed_dim`.
+    position_embeddings: add a learned `(N, embed_dim)` embedding per region position
+      (then N is fixed at init).
+    mlp_ratio: width of the block's MLP relative to `embed_dim`.
+    pool: `"mean"` or `"meanmax"`, see `pool_regions`.
+    dtype: compute dtype (None: the regions').
+    param_dtype: parameter dtype.
+  """
+  embed_dim: int = 64
+  num_heads: int = 4
+  position_embeddings: bool = True
+  mlp_ratio: int = 2
+  pool: str = "mean"
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, regions):
+    """Args: regions: `(..., N, h, w, C)`. Returns: `(..., N)` scores."""
+    if self.embed_dim % self.num_heads:
+      raise ValueError(
+          f"SelfAttentionScorer: num_heads must divide embed_dim, got num_heads="
+          f"{self.num_heads}, embed_dim={self.embed_dim}")
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = nn.Dense(self.embed_dim, name="embed", **kw)(pool_regions(regions, self.pool, self.dtype))
+    if self.position_embeddings:
+      positions = self.param("positions", nn.initializers.normal(0.02),
+                             h.shape[-2:], self.param_dtype)
+      h = h + positions.astype(h.dtype)
+    h = h + nn.MultiHeadDotProductAttention(self.num_heads, name="attention", **kw)(
+        nn.LayerNorm(name="norm_attention", **kw)(h))
+    mlp = nn.Dense(self.embed_dim * self.mlp_ratio, name="mlp_in", **kw)(
+        nn.LayerNorm(name="norm_mlp", **kw)(h))
+    h = h + nn.Dense(self.embed_dim, name="mlp_out", **kw)(nn.gelu(mlp))
+    h = nn.LayerNorm(name="norm_out", **kw)(h)
+    return nn.Dense(1, name="out", **kw)(h)[..., 0]

@@ -47,6 +47,18 @@ def _select(example: dict[str, Any], spec: specs.DatasetSpec) -> dict[str, np.nd
   return out
 
 
+def _shift(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
+  """`out[y, x] = image[y - dy, x - dx]`, zero where that falls outside the image.
+
+  The same as zero-padding and cropping, without materializing the padded image.
+  """
+  height, width = image.shape[:2]
+  out = np.zeros_like(image)
+  out[max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)] = (
+      image[max(-dy, 0):height - max(dy, 0), max(-dx, 0):width - max(dx, 0)])
+  return out
+
+
 def augment_example(example: dict[str, np.ndarray], rng: np.random.Generator, *,
                     pad: int, hflip: bool, vflip: bool) -> dict[str, np.ndarray]:
   """Random translation (zero-pad by `pad`, crop back) and the allowed flips.
@@ -64,8 +76,7 @@ def augment_example(example: dict[str, np.ndarray], rng: np.random.Generator, *,
   image = example["image"]
   height, width = image.shape[:2]
   dy, dx = rng.integers(0, 2 * pad + 1, size=2)
-  padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
-  out = dict(example, image=padded[dy:dy + height, dx:dx + width])
+  out = dict(example, image=_shift(image, int(pad - dy), int(pad - dx)))
   box = example.get("box")
   if box is not None:
     shift = np.array([pad - dy, pad - dx] * 2, np.float32)
@@ -80,7 +91,6 @@ def augment_example(example: dict[str, np.ndarray], rng: np.random.Generator, *,
       box = np.array([height - box[2], box[1], height - box[0], box[3]], np.float32)
   if box is not None:
     out["box"] = box
-  out["image"] = np.ascontiguousarray(out["image"])
   return out
 
 
@@ -104,7 +114,7 @@ def _open_source(name: str, split: str, data_dir: str, config) -> Any:
           f"tfds.data_source; it must be prepared with file_format="
           f"{specs.FILE_FORMAT!r}: {error}") from error
     raise ValueError(f"dataset {name!r} is not prepared in data_dir={data_dir!r}: "
-                     + specs.how_to_prepare(name, data_dir)) from error
+                     + specs.how_to_prepare(name, data_dir, config)) from error
 
 
 def _check_positive_int(value, argument: str) -> None:

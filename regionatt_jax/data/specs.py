@@ -146,12 +146,14 @@ def builder(name: str, data_dir: str, config: tfds.core.BuilderConfig | None = N
                       **kwargs)
 
 
-def how_to_prepare(name: str, data_dir: str) -> str:
+def how_to_prepare(name: str, data_dir: str,
+                   config: tfds.core.BuilderConfig | None = None) -> str:
   """A sentence telling a user how to build `name` into `data_dir`."""
-  spec = dataset_spec(name)
+  spec = dataset_spec(name, config)
   if spec.offline:
-    return (f"build it with regionatt_jax.data.prepare({name!r}, data_dir={data_dir!r}) "
-            "(offline, seconds)")
+    config_arg = f", config=<the {config.name!r} config>" if config is not None else ""
+    return (f"build it with regionatt_jax.data.prepare({name!r}, data_dir={data_dir!r}"
+            f"{config_arg}) (offline, seconds)")
   return (f"download and build it once on a machine with internet: "
           f"`pip install 'regionatt_jax[tf]'` then `tfds build {spec.name} "
           f"--data_dir={data_dir} --file_format={FILE_FORMAT}`")
@@ -178,5 +180,5 @@ def prepare(name: str, data_dir: str, *, config: tfds.core.BuilderConfig | None 
     return
   if not spec.offline:
     raise ValueError(f"dataset {name!r} is not prepared in data_dir={data_dir!r}: "
-                     + how_to_prepare(name, data_dir))
+                     + how_to_prepare(name, data_dir, config))
   dataset_builder.download_and_prepare()

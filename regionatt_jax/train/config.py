@@ -99,7 +99,7 @@ def _check_schema(config: Mapping[str, Any], schema: Mapping[str, Any], prefix: 
   for key in config.keys():
     if key not in schema:
       raise ValueError(
-          f"Unknown config key {prefix}{key!r}; known keys here: {sorted(schema.keys())}.")
+          f"Unknown config key '{prefix}{key}'; known keys here: {sorted(schema.keys())}.")
   for key, expected in schema.items():
     name = f"{prefix}{key}"
     if key not in config:

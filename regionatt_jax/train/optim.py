@@ -37,15 +37,16 @@ def make_schedule(optim: ml_collections.ConfigDict, num_updates: int) -> optax.S
   Returns:
     A function of the optimizer update count.
   """
+  peak = optim.learning_rate
   warmup = min(optim.warmup_steps, num_updates)
   if optim.schedule == "constant":
-    return optax.warmup_constant_schedule(0.0, optim.learning_rate, warmup)
-  return optax.warmup_cosine_decay_schedule(
-      init_value=0.0,
-      peak_value=optim.learning_rate,
-      warmup_steps=warmup,
-      decay_steps=max(num_updates, warmup + 1),
-      end_value=optim.learning_rate * optim.end_learning_rate_ratio)
+    decay = optax.constant_schedule(peak)
+  else:
+    decay = optax.cosine_decay_schedule(peak, max(num_updates - warmup, 1),
+                                        alpha=optim.end_learning_rate_ratio)
+  if not warmup:  # optax's warmup schedules start at 0 even with 0 warmup steps.
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> Optimizer:

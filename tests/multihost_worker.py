@@ -1,0 +1,106 @@
+"""Runs training pieces in a fresh process, for the multi-device and multi-host tests.
+
+The device count is fixed when JAX starts, so these tests run this script in
+subprocesses:
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m tests.multihost_worker \
+      devices OUT.npz
+  python -m tests.multihost_worker steps OUT.npz --process_id=i --num_processes=2 \
+      --port=P     # one per process; CPU collectives through gloo
+  python -m tests.multihost_worker loop WORKDIR --data_dir=D --process_id=i ...
+
+`train_few_steps` is also what the tests run in their own single-device process as
+the reference.
+"""
+
+import argparse
+import json
+import sys
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from regionatt_jax.train import config as config_lib
+from regionatt_jax.train import sharding as sharding_lib
+from regionatt_jax.train import state as state_lib
+from regionatt_jax.train import step as step_lib
+from tests.train_helpers import TinyCNN, synthetic_batches, tiny_config
+
+GLOBAL_BATCH = 16
+NUM_STEPS = 3
+
+
+def train_few_steps(mesh, process_index: int = 0, process_count: int = 1,
+                    num_steps: int = NUM_STEPS) -> dict:
+  """`num_steps` train steps on fixed synthetic global batches; this process feeds its
+  contiguous `1 / process_count` of each batch. Returns the params as numpy."""
+  config = config_lib.base_config()
+  config.train.steps = NUM_STEPS
+  config.optim.warmup_steps = 0
+  # SGD, not Adam: Adam's first steps divide by |g|, so float noise in near-zero
+  # gradient entries (a different summation order per device count) becomes
+  # lr-sized differences, hiding real errors.
+  config.optim.name = "sgd"
+  config.optim.learning_rate = 0.1
+  state = state_lib.create_train_state(config, TinyCNN(), jax.random.PRNGKey(0),
+                                       (1, 16, 16, 3), mesh=mesh)
+  train, _, _ = step_lib.jit_steps(state, lambda inter, hw: None)
+  local = GLOBAL_BATCH // process_count
+  for batch in synthetic_batches(num_steps, GLOBAL_BATCH, seed=7):
+    mine = {k: v[process_index * local:(process_index + 1) * local] for k, v in batch.items()}
+    state, _ = train(state, sharding_lib.global_batch(mine, mesh))
+  # Params are replicated (or model-sharded); gather them whole on every process.
+  params = multihost_utils.process_allgather(state.params, tiled=True)
+  flat, _ = jax.tree_util.tree_flatten_with_path(params)
+  return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in flat}
+
+
+def _devices(out: str) -> None:
+  """8 devices: data-parallel, data x model, and one device; plus a bad batch size."""
+  results = {
+      "data8": train_few_steps(sharding_lib.make_mesh(1)),
+      "data4_model2": train_few_steps(sharding_lib.make_mesh(2)),
+      "one_device": train_few_steps(sharding_lib.make_mesh(1, devices=jax.devices()[:1])),
+  }
+  np.savez(out, **{f"{run}|{name}": value for run, params in results.items()
+                   for name, value in params.items()})
+  config = config_lib.base_config()
+  config.train.global_batch_size = 12
+  try:
+    config_lib.validate_config(config, num_devices=jax.device_count())
+    print(json.dumps({"batch_error": None}))
+  except ValueError as error:
+    print(json.dumps({"batch_error": str(error)}))
+
+
+def main(argv) -> None:
+  parser = argparse.ArgumentParser()
+  parser.add_argument("mode", choices=["devices", "steps", "loop"])
+  parser.add_argument("out")
+  parser.add_argument("--process_id", type=int, default=0)
+  parser.add_argument("--num_processes", type=int, default=1)
+  parser.add_argument("--port", type=int, default=0)
+  parser.add_argument("--data_dir", default="")
+  args = parser.parse_args(argv)
+  if args.num_processes > 1:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{args.port}",
+                               num_processes=args.num_processes, process_id=args.process_id)
+  if args.mode == "devices":
+    _devices(args.out)
+  elif args.mode == "steps":
+    params = train_few_steps(sharding_lib.make_mesh(1), jax.process_index(), jax.process_count())
+    if jax.process_index() == 0:
+      np.savez(args.out, **params)
+  else:
+    from regionatt_jax.train import loop
+    loop.model_constructors = lambda: {"TinyCNN": TinyCNN}
+    summary = loop.train_and_evaluate(tiny_config(args.data_dir, steps=4), args.out)
+    print("SUMMARY " + json.dumps(summary))
+  if args.num_processes > 1:
+    jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

@@ -199,6 +199,7 @@ def test_real_datasets_through_the_same_pipeline(tmp_path, name, split):
     ({"global_batch_size": 15, "process_count": 2}, "global_batch_size=15 must be divisible"),
     ({"global_batch_size": 0}, "global_batch_size must be a positive int"),
     ({"process_index": 2, "process_count": 2}, "process_index must be in"),
+    ({"seed": None}, "seed must be a non-negative int, got None"),
     ({"name": "digit_bags/tiny", "augment": True}, "augment=True is not supported"),
 ])
 def test_bad_arguments_are_clear_errors(data_dir, kwargs, needle):

@@ -152,6 +152,8 @@ def make_dataset(name: str, split: str, *, data_dir: str, global_batch_size: int
                      f"got {process_index}")
   if num_epochs is not None:
     _check_positive_int(num_epochs, "num_epochs")
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    raise ValueError(f"seed must be a non-negative int, got {seed!r}")
   if augment and spec.max_bag_size is not None:
     raise ValueError(f"augment=True is not supported for the bag dataset {name!r}")
 

@@ -170,6 +170,11 @@ class ConvScorer(nn.Module):
 CELLS: dict[str, Callable[..., nn.RNNCellBase]] = {"gru": nn.GRUCell, "lstm": nn.LSTMCell}
 
 
+def _orthogonal_in_float32(key, shape, dtype=jnp.float32):
+  """The cells' default orthogonal init, drawn in float32: its QR has no bfloat16 kernel."""
+  return nn.initializers.orthogonal()(key, shape, jnp.float32).astype(dtype)
+
+
 class RecurrentScorer(nn.Module):
   """A GRU or LSTM run over the pooled regions in row-major order, then Dense 1.
 
@@ -199,7 +204,8 @@ class RecurrentScorer(nn.Module):
     lead, (n, d) = h.shape[:-2], h.shape[-2:]
     sequence = h.reshape((-1, n, d))  # nn.RNN scans (batch, time, features)
     make_rnn = lambda name: nn.RNN(
-        CELLS[self.cell](self.hidden, dtype=self.dtype, param_dtype=self.param_dtype),
+        CELLS[self.cell](self.hidden, dtype=self.dtype, param_dtype=self.param_dtype,
+                         recurrent_kernel_init=_orthogonal_in_float32),
         name=name)
     if self.bidirectional:
       rnn = nn.Bidirectional(make_rnn("forward"), make_rnn("backward"), name="rnn")

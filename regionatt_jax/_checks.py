@@ -30,22 +30,32 @@ def bool_array(mask, name: str, shape: Sequence[int]):
   if mask.dtype != jnp.bool_:
     raise TypeError(f"{name} must be a boolean array, got dtype {mask.dtype}")
   try:
-    np.broadcast_shapes(tuple(mask.shape), tuple(shape))
+    broadcast = np.broadcast_shapes(tuple(mask.shape), tuple(shape))
+  except ValueError:
+    broadcast = None
+  if broadcast != tuple(shape):
+    raise ValueError(
+        f"{name} must have a shape that broadcasts to {tuple(shape)}, "
+        f"got {tuple(mask.shape)}")
+  return mask
+
+
+def broadcastable(shape_a, shape_b, names: str) -> tuple[int, ...]:
+  """Returns the broadcast of two shapes, or raises a ValueError naming both."""
+  try:
+    return np.broadcast_shapes(tuple(shape_a), tuple(shape_b))
   except ValueError:
     raise ValueError(
-        f"{name} must have a shape that broadcasts to {tuple(shape)}, "
-        f"got {tuple(mask.shape)}") from None
-  if len(mask.shape) > len(shape):
-    raise ValueError(
-        f"{name} must have a shape that broadcasts to {tuple(shape)}, "
-        f"got {tuple(mask.shape)} (more axes)")
-  return mask
+        f"{names} must have leading axes that broadcast together, got "
+        f"{tuple(shape_a)} and {tuple(shape_b)}") from None
 
 
 def int_pair(value, name: str, minimum: int = 1) -> tuple[int, int]:
   """Returns `value` as a pair of Python ints >= `minimum`; an int means (value, value)."""
   if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
     value = (value, value)
+  if isinstance(value, np.ndarray):
+    value = tuple(value.tolist())
   if (not isinstance(value, Sequence) or len(value) != 2
       or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
                  for v in value)):

@@ -65,7 +65,9 @@ def region_layout(image_shape, grid=None, *, size=None, stride=None,
   Returns:
     A `RegionLayout`.
   """
-  image = _checks.int_pair(tuple(image_shape), "image_shape")
+  if not isinstance(image_shape, (tuple, list, np.ndarray)):
+    raise TypeError(f"image_shape must be a pair (H, W) of ints, got {image_shape!r}")
+  image = _checks.int_pair(image_shape, "image_shape")
   if (grid is None) == (size is None):
     raise ValueError(
         f"give exactly one of grid= or size=, got grid={grid!r}, size={size!r}")

@@ -94,6 +94,7 @@ def _check_weights(regions, weights):
     raise ValueError(
         f"weights must have shape (..., N) with N = {regions.shape[-4]} regions, matching "
         f"regions of shape {tuple(regions.shape)}; got {tuple(weights.shape)}")
+  _checks.broadcastable(regions.shape[:-4], weights.shape[:-1], "regions and weights")
 
 
 def weight(regions, weights):

@@ -293,6 +293,9 @@ ERRORS = [
     (lambda: ra.region_attention(np.zeros((2, 8, 8, 1)), ra.per_region(jnp.mean), grid=(2, 2), aggregate="concat"), ValueError, r"aggregate must be one of"),
     (lambda: ra.region_attention(np.zeros((2, 8, 8, 1)), ra.per_region(lambda r: r.mean(0)), grid=(2, 2)), ValueError, r"region_fn must map one region of shape \(4, 4, 1\) to a scalar, got shape \(4, 1\)"),
     (lambda: ra.attention_map(np.zeros((2, 5)), grid=(2, 2), image_shape=(8, 8)), ValueError, r"weights must have shape \(\.\.\., N\) with N = 4"),
+    (lambda: ra.weight(np.zeros((3, 4, 2, 2, 1)), np.zeros((2, 4))), ValueError, r"regions and weights must have leading axes that broadcast together, got \(3,\) and \(2,\)"),
+    (lambda: ra.region_boxes(7, grid=(2, 2)), TypeError, r"image_shape must be a pair \(H, W\) of ints, got 7"),
+    (lambda: ra.normalize(np.zeros((2, 1)), mask=np.ones((2, 2), bool)), ValueError, r"mask must have a shape that broadcasts to \(2, 1\), got \(2, 2\)"),
 ]
 
 
@@ -306,3 +309,4 @@ def test_errors_fire_under_jit_at_trace_time():
   with pytest.raises(ValueError, match=r"grid \(3, 3\) does not divide"):
     jax.jit(lambda x: ra.region_attention(x, ra.per_region(jnp.mean), grid=(3, 3)))(
         jnp.zeros((1, 8, 8, 1)))
+

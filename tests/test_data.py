@@ -1,7 +1,7 @@
 """The offline tfds datasets: contents, ground truth, splits, determinism."""
 
 import dataclasses
-import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -43,7 +43,8 @@ def test_builds_and_reads_without_tensorflow(tmp_path):
       loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "torch"))
       assert not loaded, loaded
   """)
-  subprocess.run([sys.executable, "-c", script], check=True, cwd=os.getcwd(), timeout=300)
+  subprocess.run([sys.executable, "-c", script], check=True,
+                 cwd=pathlib.Path(__file__).parents[1], timeout=300)
 
 
 @pytest.mark.parametrize("split", SPLITS)

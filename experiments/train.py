@@ -13,7 +13,7 @@ start the same command on each after setting up `jax.distributed` (see
 import json
 
 import jax
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from regionatt_jax.train import loop
@@ -39,4 +39,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Orbax logs every save at INFO; `--verbosity=0` brings that back.
+  flags.FLAGS.set_default("verbosity", logging.WARNING)
   app.run(main)

@@ -78,8 +78,10 @@ def make_manager(directory: str, *, keep_last: int, keep_best: int) -> ocp.Check
   options = ocp.CheckpointManagerOptions(
       preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
       enable_async_checkpointing=True)
-  return ocp.CheckpointManager(epath.Path(directory).absolute(),
-                               item_names=(STATE, DATA_ITERATOR), options=options)
+  # Handlers named up front, so a fresh manager can read metadata before any save.
+  handlers = {STATE: ocp.StandardCheckpointHandler(), DATA_ITERATOR: IteratorStateHandler()}
+  return ocp.CheckpointManager(epath.Path(directory).absolute(), item_handlers=handlers,
+                               options=options)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state_items: Mapping[str, Any],

@@ -229,15 +229,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_fn, eval_fn, infer_fn = step_lib.jit_steps(state, attention_maps_or_none)
   writer = metrics_lib.MetricWriter(workdir)
   writer.truncate_after(start_step)
-  total = config.train.steps
-  batch_size = config.train.global_batch_size
+  try:
+    state, stats = _train(state, train_fn, train_iter, start_step, config, mesh, manager,
+                          writer, evaluate_val=lambda s: evaluate(
+                              eval_fn, s, data, spec, config, data_dir, "validation", mesh))
+    test = evaluate(eval_fn, state, data, spec, config, data_dir, "test", mesh)
+    writer.write(config.train.steps, "test", test)
+    figures = save_figures(infer_fn, state, data, spec, config, data_dir, mesh,
+                           os.path.join(workdir, "figures"))
+  finally:
+    # Also on a crash: let an in-flight checkpoint commit, so a restart resumes from it.
+    manager.close()
+    writer.close()
+  summary = {
+      "steps": config.train.steps, "resumed_from": start_step or None,
+      "num_devices": jax.device_count(), "num_processes": jax.process_count(),
+      **stats,
+      "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+      "test_pointing_game": test.get("pointing_game"),
+      "wall_time_s": time.time() - start_time, "figures": figures,
+  }
+  if is_main:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+  return summary
 
+
+def _train(state, train_fn, train_iter, start_step: int, config, mesh, manager, writer,
+           evaluate_val) -> tuple[Any, dict[str, Any]]:
+  """Steps `start_step..train.steps`, logging, evaluating and checkpointing on schedule.
+
+  Returns:
+    The final state and `first_train_loss`, `final_train_loss`, `final_val_accuracy`
+    and `train_images_per_sec` (after the compiling first step, without the time spent
+    logging, evaluating and saving).
+  """
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  total, batch_size = config.train.steps, config.train.global_batch_size
   progress = tqdm(total=total, initial=start_step, desc="train", dynamic_ncols=True,
-                  disable=not (is_main and config.train.progress_bar))
+                  disable=not (jax.process_index() == 0 and config.train.progress_bar))
   window: list[dict[str, jax.Array]] = []
   window_start = time.time()
-  first_train_loss = last_train = val = None
+  first_train = last_train = val = None
   steady_start, steady_steps, pause_seconds = None, 0, 0.0
   for step in range(start_step, total):
     batch = sharding_lib.global_batch(_as_model_batch(next(train_iter)), mesh)
@@ -245,55 +278,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     window.append(step_metrics)
     done = step + 1
     if steady_start is None:
-      # The first step compiles; throughput counts the steps after it.
       jax.block_until_ready(step_metrics)
       steady_start = time.time()
     else:
       steady_steps += 1
-    pause_start = time.time()  # Logging, evaluation and saving are not training time.
+    pause_start = time.time()
     if done % config.train.log_every == 0 or done == total:
-      means = {k: float(np.mean(v)) for k, v in jax.device_get(
-          jax.tree.map(lambda *xs: jnp.stack(xs), *window)).items()}
+      means = {k: float(v) for k, v in jax.device_get(
+          jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *window)).items()}
       elapsed = time.time() - window_start
       means.update(step_time_s=elapsed / len(window),
                    images_per_sec=batch_size * len(window) / elapsed)
       writer.write(done, "train", means)
-      first_train_loss = means["loss"] if first_train_loss is None else first_train_loss
+      first_train = first_train or means
       last_train = means
       progress.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['accuracy']:.3f}")
       window, window_start = [], time.time()
-    if done % config.train.eval_every == 0 or done == total:
-      val = evaluate(eval_fn, state, data, spec, config, data_dir, "validation", mesh)
+    evaluated_now = done % config.train.eval_every == 0 or done == total
+    if evaluated_now:
+      val = evaluate_val(state)
       writer.write(done, "val", val)
     if done % config.train.checkpoint_every == 0 or done == total:
-      evaluated_now = done % config.train.eval_every == 0 or done == total
       checkpoint_lib.save(manager, done, state.checkpoint_items(), train_iter.get_state(),
                           val["accuracy"] if evaluated_now else None)
     pause_seconds += time.time() - pause_start
     progress.update(1)
   progress.close()
   train_seconds = time.time() - steady_start - pause_seconds if steady_start else 0.0
-  manager.wait_until_finished()
-
-  test = evaluate(eval_fn, state, data, spec, config, data_dir, "test", mesh)
-  writer.write(total, "test", test)
-  figures = save_figures(infer_fn, state, data, spec, config, data_dir, mesh,
-                         os.path.join(workdir, "figures"))
-  writer.close()
-  manager.close()
-  summary = {
-      "steps": total, "resumed_from": start_step or None,
-      "num_devices": jax.device_count(), "num_processes": jax.process_count(),
-      "first_train_loss": first_train_loss,
+  return state, {
+      "first_train_loss": first_train["loss"] if first_train else None,
       "final_train_loss": last_train["loss"] if last_train else None,
       "final_val_accuracy": val["accuracy"] if val else None,
-      "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-      "test_pointing_game": test.get("pointing_game"),
-      "train_images_per_sec": (batch_size * steady_steps / train_seconds
-                               if steady_steps else None),
-      "wall_time_s": time.time() - start_time, "figures": figures,
+      "train_images_per_sec": batch_size * steady_steps / train_seconds if steady_steps else None,
   }
-  if is_main:
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
-  return summary

@@ -1,0 +1,178 @@
+"""The main job end to end: outputs, exact resume, and refusing bad input untouched."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from regionatt_jax import data
+from regionatt_jax.train import loop
+from regionatt_jax.train import metrics as metrics_lib
+from tests.train_helpers import TinyCNN, tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tiny_data_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("tfds"))
+  data.prepare("cluttered_digits/tiny", path)
+  return path
+
+
+@pytest.fixture
+def tiny_models(monkeypatch):
+  monkeypatch.setattr(loop, "model_constructors", lambda: {"TinyCNN": TinyCNN})
+
+
+def _train_records(workdir):
+  """Train-split metrics without the timing fields (those differ run to run)."""
+  records = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  return [{k: v for k, v in r.items() if k not in ("step_time_s", "images_per_sec")}
+          for r in records if r["split"] in ("train", "val")]
+
+
+def _final_state(workdir, step):
+  restored = ocp.StandardCheckpointer().restore(
+      os.path.join(workdir, "checkpoints", str(step), "state"))
+  return restored
+
+
+def _snapshot(directory):
+  """{relative path: bytes} of every file under `directory`."""
+  files = {}
+  for root, _, names in os.walk(directory):
+    for name in names:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        files[os.path.relpath(path, directory)] = f.read()
+  return files
+
+
+@pytest.mark.slow
+def test_main_job_command_end_to_end(tmp_path, tiny_data_dir):
+  """`python -m experiments.train` with the default config, shrunk from the command line."""
+  workdir = tmp_path / "run"
+  overrides = {
+      "dataset.name": "cluttered_digits/tiny", "dataset.data_dir": tiny_data_dir,
+      "model.kwargs.backbone_kwargs.features": "(8,16)", "train.steps": 24,
+      "train.global_batch_size": 32, "train.eval_batch_size": 64, "train.log_every": 4,
+      "train.eval_every": 12, "train.checkpoint_every": 12, "train.num_figures": 3,
+      "train.progress_bar": False,
+  }
+  command = [sys.executable, "-m", "experiments.train",
+             "--config", "experiments/configs/default.py", f"--workdir={workdir}"]
+  command += [f"--config.{key}={value}" for key, value in overrides.items()]
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["test_accuracy"] is not None and summary["test_pointing_game"] is not None
+  assert len(summary["figures"]) == 3 and all(os.path.getsize(p) > 1000 for p in summary["figures"])
+  records = metrics_lib.read_jsonl(str(workdir / "metrics.jsonl"))
+  train = [r for r in records if r["split"] == "train"]
+  assert [r["step"] for r in train] == list(range(4, 25, 4))
+  assert train[-1]["loss"] < 0.9 * train[0]["loss"], [r["loss"] for r in train]
+  assert {"loss", "accuracy", "learning_rate", "images_per_sec", "step_time_s"} <= set(train[0])
+  assert [r["split"] for r in records if r["split"] != "train"] == ["val", "val", "test"]
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["12", "24"]
+  assert os.listdir(workdir / "tensorboard")
+  assert json.loads((workdir / "config.json").read_text())["train"]["steps"] == 24
+
+
+@pytest.mark.slow
+def test_resume_equals_uninterrupted_run(tmp_path, tiny_data_dir, tiny_models, monkeypatch):
+  """Train 2k steps straight; crash after k, restart: same params, same logged losses."""
+  config = tiny_config(tiny_data_dir, steps=8)
+  config.train.checkpoint_every = 4
+  config.train.eval_every = 4
+  straight = str(tmp_path / "straight")
+  loop.train_and_evaluate(config, straight)
+
+  class Crash(Exception):
+    pass
+
+  make_iterator = data.make_iterator
+
+  def crashing_iterator(name, split, **kwargs):
+    iterator = make_iterator(name, split, **kwargs)
+    if split != "train":
+      return iterator
+
+    def batches():  # dies fetching the 7th batch: after checkpoint 4, before 8
+      for count, batch in enumerate(iterator):
+        if count == 6:
+          raise Crash()
+        yield batch
+    return batches()
+
+  resumed = str(tmp_path / "resumed")
+  monkeypatch.setattr(data, "make_iterator", crashing_iterator)
+  with pytest.raises(Crash):
+    loop.train_and_evaluate(config, resumed)
+  assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == ["4"]
+  monkeypatch.setattr(data, "make_iterator", make_iterator)
+  summary = loop.train_and_evaluate(config, resumed)
+
+  assert summary["resumed_from"] == 4
+  assert _train_records(resumed) == _train_records(straight)  # bitwise equal floats
+  final_straight, final_resumed = _final_state(straight, 8), _final_state(resumed, 8)
+  flat_straight = ocp.tree.to_flat_dict(final_straight)
+  flat_resumed = ocp.tree.to_flat_dict(final_resumed)
+  assert flat_straight.keys() == flat_resumed.keys()
+  for key in flat_straight:
+    np.testing.assert_array_equal(flat_resumed[key], flat_straight[key], err_msg=str(key))
+
+
+def test_incompatible_checkpoint_is_refused_untouched(tmp_path, tiny_data_dir, tiny_models):
+  workdir = str(tmp_path / "run")
+  config = tiny_config(tiny_data_dir, steps=2)
+  loop.train_and_evaluate(config, workdir)
+  before = _snapshot(workdir)
+  config.model.kwargs = {"features": 4}  # TinyCNN's default is 8
+  with pytest.raises(ValueError, match="incompatible model: .params/.*there.*new --workdir"):
+    loop.train_and_evaluate(config, workdir)
+  assert _snapshot(workdir) == before
+
+
+@pytest.mark.parametrize("mutate, error, match", [
+    (lambda c: c.train.__setattr__("evl_every", 3), ValueError, "'train.evl_every'"),
+    (lambda c: c.model.kwargs.__setattr__("featurs", 3), ValueError, "'model.kwargs.featurs'"),
+    (lambda c: c.model.__setattr__("name", "ResNet9000"), ValueError, "'model.name'"),
+    (lambda c: c.train.__setattr__("steps", 0), ValueError, "'train.steps'"),
+])
+def test_bad_config_fails_before_writing(tmp_path, tiny_data_dir, tiny_models, mutate, error,
+                                         match):
+  config = tiny_config(tiny_data_dir)
+  mutate(config)
+  workdir = tmp_path / "run"
+  with pytest.raises(error, match=match):
+    loop.train_and_evaluate(config, str(workdir))
+  assert not workdir.exists()
+
+
+def test_unknown_dataset_fails_before_writing(tmp_path, tiny_models):
+  config = tiny_config(str(tmp_path / "tfds"))
+  config.dataset.name = "cluttered_digitz"
+  with pytest.raises(ValueError, match="cluttered_digitz"):
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+def test_default_config_and_variants_are_valid():
+  """Every shipped config passes validation and builds its model."""
+  import importlib
+  names = [f[:-3] for f in os.listdir(os.path.join(REPO, "experiments", "configs"))
+           if f.endswith(".py") and not f.startswith("_")]
+  assert "default" in names
+  from regionatt_jax.train import config as config_lib
+  for name in names:
+    config = importlib.import_module(f"experiments.configs.{name}").get_config()
+    config_lib.validate_config(config, num_devices=1)
+    spec = data.dataset_spec(config.dataset.name)
+    loop.build_model(config, spec.num_classes)

@@ -180,14 +180,14 @@ def test_digit_bags_batches(data_dir):
 @pytest.mark.parametrize("split", ["train", "validation", "test"])
 def test_real_datasets_through_the_same_pipeline(tmp_path, name, split):
   spec = data.dataset_spec(name)
-  with tfds.testing.mock_data(num_examples=12):
+  with tfds.testing.mock_data(num_examples=16):
     info = tfds.builder(name).info
     batch = next(data.make_iterator(name, split, data_dir=str(tmp_path),
-                                    global_batch_size=4, seed=0, augment=True))
+                                    global_batch_size=8, seed=0, augment=True))
   # The spec's constants against tfds's own metadata.
   assert spec.image_shape == info.features["image"].shape
   assert spec.num_classes == info.features["label"].num_classes
-  assert batch["image"].shape == (4, *spec.image_shape)
+  assert batch["image"].shape == (8, *spec.image_shape)
   assert batch["image"].min() >= -1 and batch["image"].max() <= 1
   assert set(batch) == {"image", "label"} and batch["label"].max() < spec.num_classes
 

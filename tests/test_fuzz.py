@@ -15,6 +15,7 @@ derandomized (reproducible in CI), `REGIONATT_FUZZ_RANDOM=1` draws new cases eac
 """
 
 import collections
+import functools
 import json
 import os
 import re
@@ -517,3 +518,111 @@ def test_fuzz_pure_function(target):
   ok, errors = (FUZZ_COUNTS[target, "ok"] - before[0], FUZZ_COUNTS[target, "error"] - before[1])
   # Both sides of the contract were exercised, not only the error paths.
   assert ok >= EXAMPLES // 10 and errors >= EXAMPLES // 10, (ok, errors)
+
+
+# --- the Flax modules ----------------------------------------------------------------
+
+SCORERS = {
+    "MLPScorer": lambda: ra_nn.MLPScorer(hidden=(4,)),
+    "GatedScorer": lambda: ra_nn.GatedScorer(hidden=4),
+    "ConvScorer": lambda: ra_nn.ConvScorer(features=(2,)),
+    "RecurrentScorer": lambda: ra_nn.RecurrentScorer(hidden=4, bidirectional=True),
+    "SelfAttentionScorer": lambda: ra_nn.SelfAttentionScorer(embed_dim=4, num_heads=2),
+}
+CHANNEL_MODULES = ("SqueezeExcite", "EfficientChannelAttention", "SpatialAttention", "CBAM",
+                   "CoordinateAttention")
+MULTISCALE_GRIDS = [((1, 1), (2, 2)), ((1, 1),), ((2, 1), (4, 2)), ((2, 2), (3, 3))]
+
+
+MODULES = ("RegionAttention", "MultiScaleRegionAttention", "AttentionPooling", *SCORERS,
+           *CHANNEL_MODULES)
+MODULE_EXAMPLES = max(EXAMPLES // 8, 5)  # per module: init + apply costs ~0.3 s a case
+
+
+@st.composite
+def module_cases(draw, name):
+  """`(module, x, problems, expected_shape_or_None[, call_kwargs])` of one call of `name`."""
+  seed, shape, dtype, nan = draw(images())
+  x = make_array(seed, shape, dtype, nan)
+  problems = image_problems(shape, dtype)
+  lead, image, channels = shape[:-3], shape[-3:-1], shape[-1]
+  if name == "RegionAttention":
+    kw = draw(layouts(image if len(shape) >= 3 else (1, 1)))
+    normalize = draw(st.sampled_from(["softmax", "sigmoid", "sparsemax", "none"]))
+    mode = draw(st.sampled_from(["sum", "mean", "reassemble"]))
+    module = ra_nn.RegionAttention(normalize=normalize, aggregate=mode, **kw)
+    problems = problems or layout_problems(image, **kw)
+    if problems:
+      return module, x, problems, None
+    _, region = expected_layout(image, **kw)
+    return module, x, problems, (shape if mode == "reassemble"
+                                       else lead + region + (channels,))
+  if name == "MultiScaleRegionAttention":
+    grids = draw(st.sampled_from(MULTISCALE_GRIDS))
+    if len(shape) >= 3 and not draw(rarely):  # an image the finest grid divides
+      image = tuple(max(g[axis] for g in grids) * draw(st.integers(1, 2)) for axis in (0, 1))
+      shape = lead + image + (channels,)
+      x = make_array(seed, shape, dtype, nan)
+    mode = draw(st.sampled_from(["parallel", "coarse_to_fine"] * 3 + ["sideways"]))
+    module = ra_nn.MultiScaleRegionAttention(
+        grids=grids, mode=mode, scorer=functools.partial(ra_nn.MLPScorer, hidden=(4,)))
+    problems = problems | ({"mode"} if mode == "sideways" else set())
+    for grid in grids:
+      problems = problems or layout_problems(image, grid=grid)
+    if not problems and mode == "coarse_to_fine" and any(
+        f % c for coarse, fine in zip(grids, grids[1:]) for c, f in zip(coarse, fine)):
+      problems = {"grid"}
+    if problems:
+      return module, x, problems, None
+    _, region = expected_layout(image, grid=grids[-1])
+    return module, x, problems, (shape if mode == "parallel"
+                                       else lead + region + (channels,))
+  if name == "AttentionPooling":
+    kind = draw(st.sampled_from(["attention", "gated", "mean", "max"] * 2 + ["min"]))
+    h = x.reshape(shape[:-3] + (shape[-3] * shape[-2], shape[-1])) if len(shape) >= 3 else x
+    mask_kind = draw(masks)
+    mask = make_mask(seed, mask_kind, h.shape[:-1]) if h.ndim >= 2 else None
+    problems = ({"h"} if not is_float(dtype) or h.ndim < 2 else set()) | (
+        {"kind"} if kind == "min" else set())
+    problems = problems or mask_problem(mask_kind)
+    module = ra_nn.AttentionPooling(kind=kind, hidden=4)
+    return module, h, problems, h.shape[:-2] + h.shape[-1:], dict(mask=mask)
+  if name in SCORERS:
+    regions = x[..., None, :, :, :] if len(shape) >= 3 else x  # one region per image
+    problems = {"regions"} if problems else set()
+    return SCORERS[name](), regions, problems, shape[:-3] + (1,)
+  # Channel and spatial attention keep the shape of x.
+  reduction = draw(st.sampled_from([1, 2, 3]))
+  kernel_size = draw(st.sampled_from([3, 3, 3, 2]))
+  module = {
+      "SqueezeExcite": lambda: ra_nn.SqueezeExcite(reduction=reduction),
+      "EfficientChannelAttention": lambda: ra_nn.EfficientChannelAttention(kernel_size),
+      "SpatialAttention": lambda: ra_nn.SpatialAttention(kernel_size=3),
+      "CBAM": lambda: ra_nn.CBAM(reduction=reduction, kernel_size=3),
+      "CoordinateAttention": lambda: ra_nn.CoordinateAttention(reduction=reduction, min_hidden=2),
+  }[name]()
+  if not problems and name in ("SqueezeExcite", "CBAM") and channels % reduction:
+    problems = {"reduction"}
+  if not problems and name == "EfficientChannelAttention" and kernel_size % 2 == 0:
+    problems = {"kernel_size"}
+  return module, x, problems, shape
+
+
+def apply_module(module, x, kwargs):
+  """`init` then `apply` (inference mode)."""
+  variables = module.init(jax.random.PRNGKey(0), x, **kwargs)
+  return module.apply(variables, x, **kwargs)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_fuzz_module(name):
+  @hypothesis.settings(FUZZ, max_examples=MODULE_EXAMPLES)
+  @hypothesis.given(module_cases(name))
+  def module_property(case):
+    module, x, problems, shape, *kwargs = case
+    out = run_case(name, problems, lambda: apply_module(module, x, *kwargs or [{}]))
+    if out is not None:
+      check_output(out, shape, finite=np.isfinite(np.asarray(x, np.float32)).all())
+
+  module_property()
+  assert FUZZ_COUNTS[name, "ok"] >= MODULE_EXAMPLES // 3, FUZZ_COUNTS

@@ -13,6 +13,8 @@ import regionatt_jax.nn as rn
 
 class MeanScorer(nn.Module):
   """A known scorer: 3 * the mean of each region (no parameters)."""
+  dtype: jnp.dtype | None = None  # accepted as MultiScaleRegionAttention passes them
+  param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, regions):
@@ -106,7 +108,7 @@ def test_grid_larger_than_feature_map_fails_at_init_naming_the_module():
 
 def test_parallel_multiscale_with_uniform_weights_is_the_identity():
   # Zero scores give uniform softmax weights; the N_s gain makes every scale return x.
-  class Zero(nn.Module):
+  class Zero(MeanScorer):
     @nn.compact
     def __call__(self, regions):
       return jnp.zeros(regions.shape[:-3])
@@ -167,7 +169,7 @@ def test_multiscale_shapes_jit_and_bfloat16(mode):
   x = _x((2, 3, 8, 8, 4)).astype(jnp.bfloat16)
   module = rn.MultiScaleRegionAttention(
       grids=((1, 1), (2, 2), (4, 4)), mode=mode,
-      scorer=lambda name: rn.MLPScorer(dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, name=name))
+      dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
   y, state = _apply(module, x)
   assert y.dtype == jnp.bfloat16
   assert y.shape == ((2, 3, 8, 8, 4) if mode == "parallel" else (2, 3, 2, 2, 4))

@@ -45,12 +45,13 @@ def _global_mean(x):
   return jnp.mean(x.astype(jnp.float32), axis=(-3, -2)).astype(x.dtype)
 
 
-def _stage_attention(name, kwargs, index: int, dtype, param_dtype):
-  """The attention module of one stage; channel/spatial modules get the model's dtypes."""
-  options = {**STAGE_ATTENTION_DEFAULTS.get(name, {}), **(kwargs or {})}
-  if name in ("se", "eca", "spatial", "cbam", "coordinate"):
-    options = {"dtype": dtype, "param_dtype": param_dtype, **options}
-  return make_attention(name, name=f"attention_{index}", **options)
+def _stage_attention(kind, kwargs, index: int, dtype, param_dtype):
+  """The attention module of one stage (None for none), with the model's dtypes."""
+  if kind is None:
+    return None
+  options = {"dtype": dtype, "param_dtype": param_dtype,
+             **STAGE_ATTENTION_DEFAULTS.get(kind, {}), **(kwargs or {})}
+  return make_attention(kind, name=f"attention_{index}", **options)
 
 
 class AttentionNet(nn.Module):
@@ -83,7 +84,7 @@ class AttentionNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    """Args: x: `(..., H, W, C)` images; train: unused (no BatchNorm). Returns `(..., classes)`."""
+    """Args: x: `(..., H, W, C)` images; train: unused (no BatchNorm). Returns float32 `(..., classes)`."""
     del train
     x = _image(x, "AttentionNet", min_rank=3)
     conv = functools.partial(self.conv, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -92,7 +93,8 @@ class AttentionNet(nn.Module):
     attention = nn.sigmoid(conv(1, (1, 1), name="attention")(x))[..., 0]
     self.sow("intermediates", ATTENTION_MAP, attention)
     x = x * attention[..., None].astype(x.dtype)
-    return _global_mean(conv(self.num_classes, (1, 1), name="classifier")(x))
+    logits = _global_mean(conv(self.num_classes, (1, 1), name="classifier")(x))
+    return logits.astype(jnp.float32)
 
 
 class SmallCNN(nn.Module):
@@ -269,7 +271,7 @@ class RegionAttentionClassifier(nn.Module):
         attention=self.attention, attention_kwargs=self.attention_kwargs, conv=self.conv,
         dtype=self.dtype, param_dtype=self.param_dtype, name="backbone",
         **(self.backbone_kwargs or {}))(x, train)
-    head = make_attention(self.head, name="head",
+    head = make_attention(self.head, name="head", dtype=self.dtype, param_dtype=self.param_dtype,
                           **{**HEAD_DEFAULTS.get(self.head, {}), **(self.head_kwargs or {})})
     if head is not None:
       features = head(features, train)

@@ -114,17 +114,24 @@ class MultiScaleRegionAttention(nn.Module):
   Attributes:
     grids: the grids, coarse to fine.
     mode: `"parallel"` or `"coarse_to_fine"`.
-    scorer: a module class or factory; called as `scorer(name=...)` once per grid.
+    scorer: a scorer class or factory, called once per grid as
+      `scorer(dtype=dtype, param_dtype=param_dtype, name=...)` (e.g.
+      `functools.partial(ConvScorer, features=(16,))`).
     normalize: a kind of `regionatt_jax.normalize`.
     aggregate: coarse_to_fine only: `"sum"`, `"mean"` or `"reassemble"`.
-    param_dtype: dtype of the fusion logits.
+    dtype: compute dtype of the scorers.
+    param_dtype: dtype of the scorers' parameters and the fusion logits.
   """
   grids: Sequence[Sequence[int]] = ((1, 1), (2, 2), (4, 4))
   mode: str = "parallel"
   scorer: ModuleDef = MLPScorer
   normalize: str = "softmax"
   aggregate: str = "sum"
+  dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
+
+  def _scorer(self, index: int):
+    return self.scorer(dtype=self.dtype, param_dtype=self.param_dtype, name=f"scorer_{index}")
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -153,7 +160,7 @@ class MultiScaleRegionAttention(nn.Module):
                                    (len(layouts),), self.param_dtype).astype(jnp.float32))
     y, gain = 0.0, 0.0
     for s, layout in enumerate(layouts):
-      y_s, weights = ra.region_attention(x, self.scorer(name=f"scorer_{s}"), layout.counts,
+      y_s, weights = ra.region_attention(x, self._scorer(s), layout.counts,
                                          normalize=self.normalize, aggregate="reassemble")
       scale = fusion[s] * (layout.num_regions if self.normalize in _SUM_TO_ONE else 1)
       y = y + scale.astype(x.dtype) * y_s
@@ -168,7 +175,7 @@ class MultiScaleRegionAttention(nn.Module):
         raise ValueError(
             f"MultiScaleRegionAttention: in coarse_to_fine mode every grid must refine the "
             f"previous one, got {coarse.counts} then {fine.counts}")
-    scorers = [self.scorer(name=f"scorer_{s}") for s in range(len(layouts))]
+    scorers = [self._scorer(s) for s in range(len(layouts))]
 
     def hierarchical_weights(finest_regions):
       weights, parent = None, None

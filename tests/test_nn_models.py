@@ -1,0 +1,185 @@
+"""Classifiers: they learn (overfit a tiny batch), keep shapes and dtypes, expose an
+attention map, and reject bad configuration at init."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import regionatt_jax.nn as rn
+
+
+def _overfit(model, x, labels, steps, learning_rate=1e-2, **call_kwargs):
+  """Adam on a fixed batch; returns (first loss, last loss)."""
+  variables = jax.jit(functools.partial(model.init, train=False, **call_kwargs))(
+      jax.random.key(0), x)
+  params, stats = variables["params"], variables.get("batch_stats", {})
+  optimizer = optax.adam(learning_rate)
+
+  def loss_fn(params, stats):
+    logits, state = model.apply({"params": params, "batch_stats": stats}, x, train=True,
+                                mutable=["batch_stats"], **call_kwargs)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return loss, state.get("batch_stats", {})
+
+  @jax.jit
+  def step(params, stats, opt_state):
+    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), stats, opt_state, loss
+
+  opt_state, losses = optimizer.init(params), []
+  for _ in range(steps):
+    params, stats, opt_state, loss = step(params, stats, opt_state)
+    losses.append(float(loss))
+  return losses[0], losses[-1]
+
+
+def _batch(shape, num_classes, seed=0):
+  """Random images with random labels: only memorizing them lowers the loss."""
+  key_x, key_y = jax.random.split(jax.random.key(seed))
+  return (jax.random.normal(key_x, shape),
+          jax.random.randint(key_y, shape[:1], 0, num_classes))
+
+
+CLASSIFIERS = {
+    "attention_net": lambda **kw: rn.AttentionNet(4, features=(8, 16), **kw),
+    "small_cnn_region": lambda **kw: rn.RegionAttentionClassifier(
+        4, backbone_kwargs={"features": (8, 16)}, head_kwargs={"grid": (2, 2)}, **kw),
+    "small_cnn_cbam_multiscale": lambda **kw: rn.RegionAttentionClassifier(
+        4, backbone_kwargs={"features": (8, 16)}, attention="cbam",
+        attention_kwargs={"reduction": 4}, head="multiscale",
+        head_kwargs={"grids": ((1, 1), (2, 2), (4, 4))}, **kw),
+    "resnet18_se_region": lambda **kw: rn.RegionAttentionClassifier(
+        4, backbone="resnet18", backbone_kwargs={"width": 4}, attention="se",
+        attention_kwargs={"reduction": 4}, head_kwargs={"grid": (2, 2)}, **kw),
+}
+
+
+def _slow_for_resnet(names):
+  """ResNet-18 compiles 8 blocks: ~15 s on an idle 2-core machine, so it is marked slow."""
+  return [pytest.param(n, marks=pytest.mark.slow) if n.startswith("resnet") else n
+          for n in sorted(names)]
+
+
+@pytest.mark.parametrize("name", _slow_for_resnet(CLASSIFIERS))
+def test_classifier_overfits_a_tiny_batch(name):
+  x, labels = _batch((8, 16, 16, 1), 4)
+  first, last = _overfit(CLASSIFIERS[name](), x, labels, steps=150)
+  assert last < first / 10, (first, last)
+
+
+@pytest.mark.parametrize("pooling", ["attention", "gated", "mean", "max"])
+def test_mil_classifier_overfits_a_tiny_batch_of_bags(pooling):
+  x, labels = _batch((8, 4, 6, 6, 1), 2)
+  mask = np.arange(4)[None] < np.array([4, 2, 3, 4, 1, 4, 2, 3])[:, None]
+  model = rn.MILClassifier(2, features=(8,), embed_dim=16, hidden=8, pooling=pooling)
+  first, last = _overfit(model, x, labels, steps=150, mask=mask)
+  assert last < first / 10, (first, last)
+
+
+@pytest.mark.parametrize("name", sorted(CLASSIFIERS))
+@pytest.mark.parametrize("shape", [(3, 16, 16, 1), (2, 3, 32, 16, 3)])
+def test_logits_shape_over_leading_axes(name, shape):
+  model = CLASSIFIERS[name]()
+  x = jax.ShapeDtypeStruct(shape, jnp.float32)
+  variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
+  assert jax.eval_shape(functools.partial(model.apply, train=False), variables, x).shape == (
+      shape[:-3] + (4,))
+
+
+@pytest.mark.parametrize("name", _slow_for_resnet(CLASSIFIERS))
+def test_bfloat16_and_attention_map(name):
+  model = CLASSIFIERS[name](dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+  x = jax.random.normal(jax.random.key(0), (2, 16, 16, 1), jnp.bfloat16)
+  variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(1), x)
+  param_dtypes = {p.dtype for p in jax.tree.leaves(variables["params"])}
+  assert param_dtypes == {jnp.dtype(jnp.bfloat16)}
+  logits, state = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=["intermediates"]))(
+      variables, x)
+  assert logits.shape == (2, 4) and logits.dtype == jnp.float32
+  maps = rn.attention_maps(state, (16, 16))
+  assert maps.shape == (2, 16, 16) and maps.dtype == jnp.float32
+
+
+def test_attention_map_comes_from_the_head_not_the_stage_attention():
+  model = CLASSIFIERS["small_cnn_cbam_multiscale"]()
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
+  variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(1), x)
+  _, state = jax.jit(functools.partial(model.apply, train=False, mutable=["intermediates"]))(
+      variables, x)
+  head_map = state["intermediates"]["head"]["attention_map"][0]  # (2, 4, 4), the fused gain
+  np.testing.assert_allclose(rn.attention_maps(state, (8, 8)),
+                             np.repeat(np.repeat(head_map, 2, 1), 2, 2), rtol=1e-6)
+
+
+def test_attention_net_map_is_the_sigmoid_of_its_attention_conv():
+  model = rn.AttentionNet(3, features=(4, 6))
+  x = jax.random.normal(jax.random.key(0), (2, 5, 7, 3))
+  variables = model.init(jax.random.key(1), x)
+  logits, state = model.apply(variables, x, mutable=["intermediates"])
+  attention = np.asarray(rn.attention_maps(state, (5, 7)))
+  assert ((attention > 0) & (attention < 1)).all()
+  # Logits are the spatial mean of the 1x1 class conv applied to features * map.
+  _, features = model.apply(variables, x, capture_intermediates=lambda m, _: m.name == "conv_1",
+                            mutable=["intermediates"])
+  feats = np.maximum(np.asarray(features["intermediates"]["conv_1"]["__call__"][0]), 0)
+  p = variables["params"]["classifier"]
+  expected = ((feats * attention[..., None]) @ p["kernel"][0, 0] + p["bias"]).mean((1, 2))
+  np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_mil_classifier_sows_instance_weights_respecting_the_mask():
+  model = rn.MILClassifier(1, features=(4,), embed_dim=8, hidden=4)
+  x = jax.random.normal(jax.random.key(0), (2, 5, 6, 6, 1))
+  mask = np.array([[True, False, True, True, False], [True] * 5])
+  variables = model.init(jax.random.key(1), x, mask=mask)
+  logits, state = model.apply(variables, x, mask=mask, mutable=["intermediates"])
+  weights = np.asarray(rn.instance_weights(state))
+  assert logits.shape == (2, 1)
+  np.testing.assert_array_equal(weights[~mask], 0.0)
+  np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-6)
+
+
+def test_conv_class_is_one_attribute():
+  calls = []
+
+  class CountingConv(rn.models.nn.Conv):
+    def __call__(self, inputs):
+      calls.append(self.name)
+      return super().__call__(inputs)
+
+  model = rn.RegionAttentionClassifier(
+      2, backbone_kwargs={"features": (4, 8)}, head_kwargs={"grid": (2, 2)}, conv=CountingConv)
+  jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                 jnp.ones((1, 8, 8, 1)))
+  assert calls == ["conv_0", "conv_1"]
+
+
+def test_bad_configuration_fails_at_init_with_a_clear_error():
+  x = jnp.ones((1, 8, 8, 1))
+  init = lambda model: model.init(jax.random.key(0), x, train=False)
+  with pytest.raises(ValueError, match="unknown attention kind 'cbma'.*'cbam'"):
+    rn.make_attention("cbma")
+  with pytest.raises(ValueError, match="unknown attention kind 'cbma'"):
+    init(rn.RegionAttentionClassifier(2, attention="cbma"))
+  with pytest.raises(ValueError, match=r"grid \(8, 8\) is larger than the image \(4, 4\)"):
+    init(rn.RegionAttentionClassifier(2, backbone_kwargs={"features": (4, 8)},
+                                      head_kwargs={"grid": (8, 8)}))
+  with pytest.raises(ValueError, match="channels=8, reduction=3"):
+    init(rn.RegionAttentionClassifier(2, backbone_kwargs={"features": (8,)}, attention="se",
+                                      attention_kwargs={"reduction": 3}))
+  with pytest.raises(TypeError, match="bad options.*'se'"):
+    rn.make_attention("se", grid=(2, 2))
+  with pytest.raises(ValueError, match="backbone must be one of"):
+    init(rn.RegionAttentionClassifier(2, backbone="vgg"))
+
+
+def test_make_attention_builds_each_kind():
+  assert rn.make_attention(None) is None and rn.make_attention("none") is None
+  for kind, cls in rn.ATTENTIONS.items():
+    assert type(rn.make_attention(kind)) is cls
+  assert rn.make_attention("cbam", reduction=8).reduction == 8

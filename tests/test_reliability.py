@@ -1,0 +1,219 @@
+"""Reliability of training runs, tested by killing them: exact resume, atomic checkpoints,
+determinism and early config errors.
+
+The runs are real: `python -m experiments.train` on `tests/reliability_config.py`
+(a tiny `RegionAttentionClassifier` on `cluttered_digits/tiny`) in a subprocess,
+SIGKILLed at random steps and during a checkpoint save, then restarted on the same
+workdir. What must hold is compared against an uninterrupted run: the whole final train
+state (params, batch stats, optimizer state, RNG, step) bitwise, and every logged metric
+except wall-clock timings exactly.
+"""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from regionatt_jax.train import metrics as metrics_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "tests", "reliability_config.py")
+STEPS = 40  # checkpoints every 2 steps (tests/reliability_config.py)
+TIMING_KEYS = ("step_time_s", "images_per_sec")
+RUN_TIMEOUT_S = 600
+TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax writes a step here, then renames it
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  from regionatt_jax import data  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path_factory.mktemp("tfds"))
+  data.prepare("cluttered_digits/tiny", path)
+  return path
+
+
+def train_command(workdir: str, data_dir: str, *overrides: str) -> list[str]:
+  return [sys.executable, "-m", "experiments.train", f"--config={CONFIG}",
+          f"--workdir={workdir}", f"--config.dataset.data_dir={data_dir}",
+          f"--config.train.steps={STEPS}", *overrides]
+
+
+def start(workdir: str, data_dir: str, *overrides: str) -> subprocess.Popen:
+  log = open(f"{workdir}.log", "a")  # pylint: disable=consider-using-with
+  return subprocess.Popen(train_command(workdir, data_dir, *overrides), cwd=REPO,
+                          stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process: subprocess.Popen, workdir: str) -> dict:
+  """Waits for a run to end; returns its summary."""
+  process.wait(timeout=RUN_TIMEOUT_S)
+  with open(f"{workdir}.log") as f:
+    log = f.read()
+  assert process.returncode == 0, log[-3000:]
+  with open(os.path.join(workdir, "summary.json")) as f:
+    return json.load(f)
+
+
+def run(workdir: str, data_dir: str, *overrides: str) -> dict:
+  return finish(start(workdir, data_dir, *overrides), workdir)
+
+
+def last_logged_step(workdir: str) -> int:
+  """The last train step in metrics.jsonl; a line cut off by a kill is ignored."""
+  step = 0
+  try:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError:
+          continue
+        if record["split"] == "train":
+          step = record["step"]
+  except FileNotFoundError:
+    pass
+  return step
+
+
+def checkpoint_entries(workdir: str) -> list[str]:
+  try:
+    return os.listdir(os.path.join(workdir, "checkpoints"))
+  except FileNotFoundError:
+    return []
+
+
+def complete_steps(workdir: str) -> list[int]:
+  return sorted(int(name) for name in checkpoint_entries(workdir) if name.isdigit())
+
+
+def kill_when(process: subprocess.Popen, condition, timeout: float = RUN_TIMEOUT_S) -> bool:
+  """SIGKILLs `process` as soon as `condition()` holds; False if it ended first."""
+  deadline = time.time() + timeout
+  while process.poll() is None and time.time() < deadline:
+    if condition():
+      process.send_signal(signal.SIGKILL)
+      process.wait()
+      return True
+    time.sleep(0.001)
+  assert process.poll() is not None, "the run neither ended nor reached the kill point"
+  return False
+
+
+def unfinished_saves(workdir: str) -> list[int]:
+  """Steps whose temporary directory exists: being written, or left by a kill."""
+  return sorted(int(name[:-len(TMP_SUFFIX)]) for name in checkpoint_entries(workdir)
+                if name.endswith(TMP_SUFFIX))
+
+
+def final_state(workdir: str) -> dict[str, np.ndarray]:
+  """Every leaf of the train state in the final checkpoint, by path."""
+  state = ocp.StandardCheckpointer().restore(
+      os.path.join(workdir, "checkpoints", str(STEPS), "state"))
+  flat, _ = jax.tree_util.tree_flatten_with_path(state)
+  return {jax.tree_util.keystr(path, simple=True, separator="/"): np.asarray(leaf)
+          for path, leaf in flat}
+
+
+def logged_metrics(workdir: str) -> list[dict]:
+  """metrics.jsonl without wall-clock timings (which differ between any two runs)."""
+  return [{k: v for k, v in record.items() if k not in TIMING_KEYS}
+          for record in metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
+
+
+def assert_same_run(workdir: str, reference: str):
+  """Bitwise-equal final state and exactly equal logged metrics."""
+  got, expected = final_state(workdir), final_state(reference)
+  assert sorted(got) == sorted(expected)
+  for name in expected:
+    np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+  assert logged_metrics(workdir) == logged_metrics(reference)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, data_dir):
+  """An uninterrupted run: its workdir."""
+  workdir = str(tmp_path_factory.mktemp("reference") / "run")
+  summary = run(workdir, data_dir)
+  assert summary["resumed_from"] is None and summary["steps"] == STEPS
+  return workdir
+
+
+@pytest.mark.slow
+def test_killed_at_random_steps_and_during_a_save_resumes_exactly(
+    tmp_path, data_dir, reference_run):
+  """SIGKILL at 3 random steps and once while a checkpoint is being written; each
+  restart resumes from the last complete checkpoint; the end equals an uninterrupted run."""
+  workdir = str(tmp_path / "run")
+  kill_steps = sorted(random.Random(os.environ.get("REGIONATT_KILL_SEED", "0")).sample(
+      range(3, STEPS - 8), 3))
+  kills = []
+  for kill_step in kill_steps:
+    resumable = max(complete_steps(workdir), default=0)
+    process = start(workdir, data_dir)
+    assert kill_when(process, lambda: last_logged_step(workdir) >= kill_step), (
+        f"the run ended before step {kill_step}")
+    killed_at = last_logged_step(workdir)
+    assert killed_at > resumable  # it resumed and made progress before the kill
+    kills.append((killed_at, unfinished_saves(workdir)))
+
+  # Kill while orbax writes a step no earlier run reached (so its temporary directory
+  # is new, not one left by an earlier kill): the rename has not happened, so that step
+  # must not be restored.
+  first_save = max(last_logged_step(workdir), *complete_steps(workdir)) // 2 * 2 + 2
+  process = start(workdir, data_dir)
+  assert kill_when(process, lambda: any(s >= first_save for s in unfinished_saves(workdir)))
+  partial = max(unfinished_saves(workdir))
+  last_complete = max(complete_steps(workdir))
+  assert last_complete < partial
+
+  summary = run(workdir, data_dir)
+  assert summary["resumed_from"] == last_complete, (summary, last_complete, partial)
+  assert_same_run(workdir, reference_run)
+  in_save = sum(bool(saves) for _, saves in kills) + 1
+  print(f"\nkills survived: {len(kills) + 1}, {in_save} of them while a checkpoint was "
+        f"being written (at logged steps {[step for step, _ in kills]}, and during the save "
+        f"of step {partial}, resumed from {last_complete})")
+
+
+@pytest.mark.slow
+def test_same_seed_is_bitwise_identical_and_another_seed_differs(
+    tmp_path, data_dir, reference_run):
+  again = str(tmp_path / "again")
+  run(again, data_dir)
+  assert_same_run(again, reference_run)
+
+  other = str(tmp_path / "seed1")
+  run(other, data_dir, "--config.seed=1")
+  losses = lambda workdir: [r["loss"] for r in logged_metrics(workdir) if r["split"] == "train"]
+  assert len(losses(other)) == len(losses(reference_run)) == STEPS
+  assert all(a != b for a, b in zip(losses(other), losses(reference_run)))
+  params = final_state(other)
+  reference = final_state(reference_run)
+  assert not np.array_equal(params["params/classifier/kernel"],
+                            reference["params/classifier/kernel"])
+
+
+@pytest.mark.parametrize("override, names", [
+    ("--config.train.stpes=3", "stpes"),
+    ("--config.train.steps=-5", "'train.steps'"),
+    ("--config.train.steps=many", "config.train.steps"),
+])
+def test_cli_rejects_a_bad_config_before_any_work(tmp_path, override, names):
+  """Unknown keys, impossible values and wrong types fail in the CLI, naming the key,
+  before the workdir is created."""
+  workdir = str(tmp_path / "run")
+  result = subprocess.run(train_command(workdir, str(tmp_path / "no_data"), override),
+                          cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+  assert result.returncode != 0
+  assert names in result.stdout + result.stderr, (result.stdout + result.stderr)[-2000:]
+  assert not os.path.exists(workdir)
+  assert not os.path.exists(tmp_path / "no_data")  # no dataset was built either

@@ -83,9 +83,9 @@ def test_validate_config_batch_must_split_over_devices_and_hosts():
 
 
 def test_check_model_kwargs_names_unknown_field():
-  config_lib.check_model_kwargs(TinyCNN, {"features": 4})
+  config_lib.check_kwargs(TinyCNN, {"features": 4})
   with pytest.raises(ValueError, match="'model.kwargs.featurs'.*TinyCNN"):
-    config_lib.check_model_kwargs(TinyCNN, {"featurs": 4})
+    config_lib.check_kwargs(TinyCNN, {"featurs": 4})
 
 
 # --- optimizer --------------------------------------------------------------------

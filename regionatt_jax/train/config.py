@@ -35,6 +35,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Constructor arguments of the model; `num_classes` and `dtype` are filled in from
   # the dataset and `train.compute_dtype` when the model has those fields.
   config.model.kwargs = ml_collections.ConfigDict()
+  # Scorer f of a region-attention head by name ('' keeps the model's default, an MLP),
+  # see `regionatt_jax.train.loop.scorer_constructors`, and its constructor arguments.
+  config.model.scorer = ""
+  config.model.scorer_kwargs = ml_collections.ConfigDict()
 
   config.train = ml_collections.ConfigDict()
   config.train.steps = 1000
@@ -80,6 +84,8 @@ _NON_NEGATIVE = (
     "train.keep_best", "train.num_figures", "optim.warmup_steps",
     "optim.weight_decay", "optim.clip_norm", "optim.end_learning_rate_ratio",
 )
+# Constructor arguments, checked against the constructor by `check_kwargs`.
+_FREE_FORM = ("model.kwargs", "model.scorer_kwargs")
 _CHOICES = {
     "train.compute_dtype": COMPUTE_DTYPES,
     "optim.name": OPTIMIZERS,
@@ -105,9 +111,9 @@ def _check_schema(config: Mapping[str, Any], schema: Mapping[str, Any], prefix: 
     if key not in config:
       raise ValueError(f"Config key {name!r} is missing.")
     value = config[key]
-    if name == "model.kwargs":
+    if name in _FREE_FORM:
       if not isinstance(value, Mapping):
-        raise TypeError(f"Config key 'model.kwargs' must be a mapping, got {type(value).__name__}.")
+        raise TypeError(f"Config key {name!r} must be a mapping, got {type(value).__name__}.")
       continue
     if isinstance(expected, Mapping):
       if not isinstance(value, Mapping):
@@ -171,12 +177,12 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
             f"({parts}); use a multiple of {parts}.")
 
 
-def check_model_kwargs(model_cls: type, kwargs: Mapping[str, Any]) -> None:
-  """Raises `ValueError` naming `model.kwargs.<key>` for a field `model_cls` lacks."""
-  fields = {f.name for f in dataclasses.fields(model_cls) if f.init}
+def check_kwargs(module_cls: type, kwargs: Mapping[str, Any], key: str = "model.kwargs") -> None:
+  """Raises `ValueError` naming `<key>.<field>` for a field `module_cls` lacks."""
+  fields = {f.name for f in dataclasses.fields(module_cls) if f.init}
   fields -= {"parent", "name"}
-  for key in kwargs:
-    if key not in fields:
+  for field in kwargs:
+    if field not in fields:
       raise ValueError(
-          f"Unknown config key 'model.kwargs.{key}' for model {model_cls.__name__}; "
+          f"Unknown config key '{key}.{field}' for {module_cls.__name__}; "
           f"it takes {sorted(fields)}.")

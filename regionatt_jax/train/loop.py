@@ -8,6 +8,7 @@ logs the same losses and ends with the same params as an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -49,6 +50,40 @@ def attention_maps_or_none(intermediates: Mapping[str, Any], image_hw: tuple[int
     return None
 
 
+def scorer_constructors() -> dict[str, type]:
+  """`config.model.scorer` -> region scorer class."""
+  from regionatt_jax import nn as ra_nn  # pylint: disable=g-import-not-at-top
+  return {
+      "mlp": ra_nn.MLPScorer,
+      "conv": ra_nn.ConvScorer,
+      "gated": ra_nn.GatedScorer,
+      "recurrent": ra_nn.RecurrentScorer,
+      "self_attention": ra_nn.SelfAttentionScorer,
+  }
+
+
+def _fields(cls: type) -> set[str]:
+  return set(getattr(cls, "__dataclass_fields__", {}))
+
+
+def _scorer(config: ml_collections.ConfigDict, head: str | None, dtype):
+  """The scorer `config.model.scorer` names, in the form the head takes."""
+  constructors = scorer_constructors()
+  name = config.model.scorer
+  if name not in constructors:
+    raise ValueError(
+        f"Config key 'model.scorer' must be one of {sorted(constructors)} or '', got {name!r}.")
+  cls = constructors[name]
+  kwargs = dict(config.model.scorer_kwargs.to_dict())
+  config_lib.check_kwargs(cls, kwargs, key="model.scorer_kwargs")
+  if head == "multiscale":  # It builds one scorer per grid from a factory.
+    return functools.partial(cls, **kwargs)
+  if head != "region":
+    raise ValueError(f"Config key 'model.scorer' needs model.kwargs.head 'region' or "
+                     f"'multiscale', got {head!r}.")
+  return cls(dtype=dtype, **kwargs) if "dtype" in _fields(cls) else cls(**kwargs)
+
+
 def build_model(config: ml_collections.ConfigDict, num_classes: int):
   """The model `config.model` names, with `num_classes` and the compute dtype filled in."""
   constructors = model_constructors()
@@ -58,13 +93,28 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
         f"Config key 'model.name' must be one of {sorted(constructors)}, got {name!r}.")
   cls = constructors[name]
   kwargs = dict(config.model.kwargs.to_dict())
-  config_lib.check_model_kwargs(cls, kwargs)
-  fields = {f for f in cls.__dataclass_fields__}
+  config_lib.check_kwargs(cls, kwargs)
+  fields = _fields(cls)
+  dtype = COMPUTE_DTYPES[config.train.compute_dtype]
   if "num_classes" in fields:
     kwargs.setdefault("num_classes", num_classes)
   if "dtype" in fields:
-    kwargs["dtype"] = COMPUTE_DTYPES[config.train.compute_dtype]
+    kwargs["dtype"] = dtype
+  if config.model.scorer:
+    if "head_kwargs" not in fields:
+      raise ValueError(f"Config key 'model.scorer' is for models with a region-attention "
+                       f"head; {name} has none.")
+    head = kwargs.get("head", _field_default(cls, "head"))
+    kwargs["head_kwargs"] = {**(kwargs.get("head_kwargs") or {}),
+                             "scorer": _scorer(config, head, dtype)}
+  elif config.model.scorer_kwargs:
+    raise ValueError("Config key 'model.scorer_kwargs' is set but 'model.scorer' is not.")
   return cls(**kwargs)
+
+
+def _field_default(cls: type, field: str) -> Any:
+  """The default value of a dataclass field of `cls`."""
+  return cls.__dataclass_fields__[field].default
 
 
 def resolve_data_dir(data_dir: str) -> str:

@@ -183,3 +183,15 @@ def test_make_attention_builds_each_kind():
   for kind, cls in rn.ATTENTIONS.items():
     assert type(rn.make_attention(kind)) is cls
   assert rn.make_attention("cbam", reduction=8).reduction == 8
+
+
+@pytest.mark.parametrize("backbone,torchvision_count", [("resnet18", 11_689_512),
+                                                        ("resnet34", 21_797_672)])
+def test_resnet_parameter_counts_equal_torchvision(backbone, torchvision_count):
+  # torchvision.models.resnet18()/resnet34(): ImageNet stem, 1000 classes, 3 input channels.
+  model = rn.RegionAttentionClassifier(1000, backbone=backbone, head=None,
+                                       backbone_kwargs={"stem": "imagenet"})
+  variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                             jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
+  assert sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables["params"])) == (
+      torchvision_count)

@@ -32,7 +32,8 @@ def make_attention(kind: str | None, /, **kwargs) -> nn.Module | None:
   Args:
     kind: a key of `ATTENTIONS` ("se", "eca", "spatial", "cbam", "coordinate", "region",
       "multiscale"), or None / "none" for no attention.
-    **kwargs: attributes of that module (e.g. `reduction=16`, `grid=(4, 4)`, `name=...`).
+    **kwargs: attributes of that module (e.g. `reduction=16`, `grid=(4, 4)`, `name=...`);
+      ignored for None, so callers can pass shared options such as `dtype` uniformly.
 
   Returns:
     The unbound module, or None.
@@ -42,8 +43,6 @@ def make_attention(kind: str | None, /, **kwargs) -> nn.Module | None:
     TypeError: a keyword the module does not have.
   """
   if kind is None or kind == "none":
-    if set(kwargs) - {"name", "parent"}:
-      raise TypeError(f"make_attention: attention=None takes no options, got {sorted(kwargs)}")
     return None
   if kind not in ATTENTIONS:
     raise ValueError(

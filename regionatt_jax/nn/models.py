@@ -47,8 +47,6 @@ def _global_mean(x):
 
 def _stage_attention(kind, kwargs, index: int, dtype, param_dtype):
   """The attention module of one stage (None for none), with the model's dtypes."""
-  if kind is None:
-    return None
   options = {"dtype": dtype, "param_dtype": param_dtype,
              **STAGE_ATTENTION_DEFAULTS.get(kind, {}), **(kwargs or {})}
   return make_attention(kind, name=f"attention_{index}", **options)

@@ -219,3 +219,16 @@ def test_cli_rejects_a_bad_config_before_any_work(tmp_path, override, names):
   assert names in result.stdout + result.stderr, (result.stdout + result.stderr)[-2000:]
   assert not os.path.exists(workdir)
   assert not os.path.exists(tmp_path / "no_data")  # no dataset was built either
+
+
+def test_grid_larger_than_the_feature_map_fails_before_any_work(tmp_path):
+  """An impossible model option fails while the model is traced, before data or workdir."""
+  from regionatt_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from tests import reliability_config  # pylint: disable=g-import-not-at-top
+  config = reliability_config.get_config()
+  config.dataset.data_dir = str(tmp_path / "no_data")
+  config.model.kwargs.head_kwargs = {"grid": (64, 64)}
+  workdir = str(tmp_path / "run")
+  with pytest.raises(ValueError, match=r"grid \(64, 64\) is larger than the image"):
+    loop.train_and_evaluate(config, workdir)
+  assert not os.path.exists(workdir) and not os.path.exists(config.dataset.data_dir)

@@ -101,17 +101,27 @@ def test_resume_equals_uninterrupted_run(tmp_path, tiny_data_dir, tiny_models, m
 
   make_iterator = data.make_iterator
 
+  class CrashingIterator:
+    """Dies fetching the 7th batch: after checkpoint 4, before checkpoint 8."""
+
+    def __init__(self, iterator):
+      self.iterator, self.count = iterator, 0
+
+    def __next__(self):
+      self.count += 1
+      if self.count == 7:
+        raise Crash()
+      return next(self.iterator)
+
+    def get_state(self):
+      return self.iterator.get_state()
+
+    def set_state(self, state):
+      self.iterator.set_state(state)
+
   def crashing_iterator(name, split, **kwargs):
     iterator = make_iterator(name, split, **kwargs)
-    if split != "train":
-      return iterator
-
-    def batches():  # dies fetching the 7th batch: after checkpoint 4, before 8
-      for count, batch in enumerate(iterator):
-        if count == 6:
-          raise Crash()
-        yield batch
-    return batches()
+    return CrashingIterator(iterator) if split == "train" else iterator
 
   resumed = str(tmp_path / "resumed")
   monkeypatch.setattr(data, "make_iterator", crashing_iterator)

@@ -31,6 +31,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
   summary = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
@@ -39,6 +41,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  # Orbax logs every save at INFO; `--verbosity=0` brings that back.
-  flags.FLAGS.set_default("verbosity", logging.WARNING)
   app.run(main)

@@ -129,13 +129,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, padding: Padding = "SAME") -> jax.Ar
     raise TypeError(f"x and kernel must share a float dtype, got {x.dtype} and {kernel.dtype}")
   pads = _padding_pairs(padding, kernel.shape[:2])
   if kernel.shape[:2] == (1, 1) and pads == ((0, 0), (0, 0)):
-    import os
-    mode = os.environ.get("ONE_BY_ONE", "einsum")
-    if mode == "einsum":
-      return jnp.einsum("bhwc,cd->bhwd", x, kernel[0, 0])
-    if mode == "matmul":
-      return (x.reshape(-1, x.shape[-1]) @ kernel[0, 0]).reshape(*x.shape[:-1], kernel.shape[-1])
-    return _native_conv(x, kernel, pads)
+    return jnp.einsum("bhwc,cd->bhwd", x, kernel[0, 0])
   if min(kernel.shape[2:]) < _PER_TAP_MIN_CHANNELS:
     return _native_conv(x, kernel, pads)
   return _conv_per_tap_vjp(x, kernel, pads)

@@ -6,7 +6,7 @@ r"""Runs the ablation table (`experiments/configs/ablation.py`) x seeds and writ
 
 Every (row, seed) trains through `regionatt_jax.train.loop.train_and_evaluate` in its
 own directory `<out>/<row key>/seed_<s>`, in parallel worker processes (`--workers`,
-each pinned to one core with `--threads 1`). A run is finished when its `result.json`
+one XLA thread each with `--threads 1`). A run is finished when its `result.json`
 exists; finished runs are skipped, so the command resumes after an interruption (an
 unfinished run resumes from its own checkpoint). After training, the run's final
 checkpoint is restored to measure what the training job does not: parameters, bag AUC
@@ -24,7 +24,6 @@ import datetime
 import json
 import os
 import platform
-import queue
 import re
 import shutil
 import subprocess
@@ -327,8 +326,8 @@ def _worker_env(threads: int) -> dict[str, str]:
   return env
 
 
-def _run_subprocess(row: table.Row, seed: int, args, cores: set[int] | None) -> bool:
-  """Runs one (row, seed) in a fresh process (pinned to `cores`); True on success."""
+def _run_subprocess(row: table.Row, seed: int, args) -> bool:
+  """Runs one (row, seed) in a fresh process; True on success."""
   workdir = run_dir(args.out, row, seed)
   os.makedirs(workdir, exist_ok=True)
   command = [sys.executable, "-m", "experiments.ablation", "--one", row.key,
@@ -338,7 +337,6 @@ def _run_subprocess(row: table.Row, seed: int, args, cores: set[int] | None) -> 
   with open(os.path.join(workdir, "log.txt"), "a") as log:
     process = subprocess.run(
         command, stdout=log, stderr=subprocess.STDOUT, env=_worker_env(args.threads),
-        preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None,
         check=False)
   return process.returncode == 0
 
@@ -354,19 +352,10 @@ def run_all(jobs: Sequence[tuple[table.Row, int]], args) -> list[str]:
     for row, seed in pending:
       run_one(row, seed, args.out, data_dir=args.data_dir, smoke=args.smoke)
     return failed
-  available = sorted(os.sched_getaffinity(0))
-  slots: queue.Queue = queue.Queue()
-  for slot in range(args.workers):
-    pinned = {available[slot % len(available)]} if args.threads == 1 else None
-    slots.put(pinned)
   start = time.time()
 
   def job(row_seed):
-    cores = slots.get()
-    try:
-      ok = _run_subprocess(*row_seed, args, cores)
-    finally:
-      slots.put(cores)
+    ok = _run_subprocess(*row_seed, args)
     row, seed = row_seed
     status = "done" if ok else f"FAILED (see {run_dir(args.out, row, seed)}/log.txt)"
     print(f"[{time.time() - start:7.0f}s] {row.key} seed {seed}: {status}", flush=True)
@@ -621,8 +610,8 @@ def write_report(out: str, results_md: str, results_dir: str, command: str) -> d
       "cores, so the numbers rank methods early in training rather than at convergence. "
       "Mean ± sample std over seeds. Pointing game: the centre of the attention map's "
       "maximum lies inside the digit's box (models without a spatial map: -). Train "
-      "images/s: steady state after compilation, one process pinned to one core, another "
-      "run beside it on the other core. Wall time: the whole run, including data loading, "
+      "images/s: steady state after compilation, one XLA thread per run, with another "
+      "run in parallel. Wall time: the whole run, including data loading, "
       "compilation and evaluation of 2000 validation and 2000 test images.\n",
   ]
   if notes:
@@ -664,7 +653,7 @@ def parse_args(argv: Sequence[str] | None = None):
   parser.add_argument("--workers", type=int, default=2,
                       help="parallel runs (0: in this process, one after another)")
   parser.add_argument("--threads", type=int, default=1, choices=(1, 2),
-                      help="XLA threads per worker; 1 also pins each worker to one core")
+                      help="XLA threads per worker (2: XLA's default, all cores)")
   parser.add_argument("--tables", default="cluttered,large,bags",
                       help="comma-separated tables to run")
   parser.add_argument("--rows", default="",

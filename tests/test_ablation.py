@@ -1,0 +1,205 @@
+"""Tests of experiments/ablation.py and its table: configs, metrics, summaries, smoke run."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import ablation
+from experiments.configs import ablation as table
+from regionatt_jax import data
+from regionatt_jax.train import config as config_lib
+from regionatt_jax.train import loop
+
+
+def test_table_has_every_method_seeds_and_unique_keys():
+  assert len(table.SEEDS) >= 3
+  keys = [row.key for row in table.ROWS]
+  assert len(keys) == len(set(keys))
+  names = {row.name for row in table.CLUTTERED_ROWS}
+  for method in ("plain CNN", "AttentionNet", "SE", "ECA", "CBAM", "coordinate",
+                 "region conv", "region MLP", "region gated", "region recurrent",
+                 "region self-attention", "multi-scale"):
+    assert method in names
+  poolings = {(row.name.split()[0], row.train_examples) for row in table.BAG_ROWS}
+  assert poolings == {(p, n) for p in ("attention", "gated", "mean", "max")
+                      for n in table.BAG_TRAIN_SIZES}
+  assert len(table.BAG_TRAIN_SIZES) >= 3
+
+
+@pytest.mark.parametrize("smoke", [False, True])
+def test_every_row_gives_a_valid_config_and_model(smoke):
+  for row in table.ROWS:
+    config = ablation.make_config(row, 7, data_dir="/data", smoke=smoke)
+    config_lib.validate_config(config, num_devices=1)
+    assert config.seed == 7
+    assert config.train.eval_every == config.train.steps == config.train.checkpoint_every
+    spec = data.dataset_spec(config.dataset.name)
+    model = loop.build_model(config, spec.num_classes)
+    assert type(model).__name__ == config.model.name
+    # Every key the row sets lands in the config.
+    for dotted, value in row.overrides.items():
+      node = config
+      for part in dotted.split("."):
+        node = node[part]
+      if dotted != "model.kwargs":
+        assert node == value
+
+
+def test_bag_rows_read_their_own_training_set_size():
+  row = next(r for r in table.BAG_ROWS if r.train_examples == 50)
+  config = ablation.make_config(row, 0, data_dir="/data")
+  assert config.dataset.name == "digit_bags/16px"
+  assert config.dataset.data_dir == ablation.bag_data_dir("/data", 50)
+  assert config.model.kwargs.pooling == row.overrides["model.kwargs"]["pooling"]
+  smoke = ablation.make_config(row, 0, data_dir="/data", smoke=True)
+  assert smoke.dataset.name == "digit_bags/tiny" and smoke.dataset.data_dir == "/data"
+
+
+def test_unknown_override_key_is_named():
+  row = table.Row("bad", "cluttered", "none", {"train.stepz": 3})
+  with pytest.raises(ValueError, match="train.stepz"):
+    ablation.make_config(row, 0, data_dir="/data")
+
+
+def test_every_model_initializes_abstractly():
+  for row in table.ROWS:
+    config = ablation.make_config(row, 0, data_dir="/data", smoke=True)
+    spec = data.dataset_spec(config.dataset.name)
+    model = loop.build_model(config, spec.num_classes)
+    shape = (2,) + ((spec.max_bag_size,) if spec.max_bag_size else ()) + spec.image_shape
+    variables = jax.eval_shape(lambda m=model, s=shape: m.init(jax.random.PRNGKey(0),
+                                                             jnp.zeros(s)))
+    assert "params" in variables, row.key
+
+
+def test_region_rows_use_a_single_4x4_grid_equal_to_region_attention():
+  """The one-grid coarse_to_fine head is RegionAttention(grid=(4, 4)) with its scorer."""
+  from regionatt_jax import nn as ra_nn
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
+  head = ra_nn.MultiScaleRegionAttention(grids=((4, 4),), mode="coarse_to_fine",
+                                         scorer=ra_nn.MLPScorer)
+  params = head.init(jax.random.PRNGKey(1), x)
+  region = ra_nn.RegionAttention(grid=(4, 4), scorer=ra_nn.MLPScorer())
+  scorer_params = {"params": {"scorer": params["params"]["scorer_0"]}}
+  np.testing.assert_allclose(head.apply(params, x), region.apply(scorer_params, x),
+                             rtol=1e-5, atol=1e-6)
+
+
+def _instance_hits_loop(weights, mask, labels, target):
+  hits = []
+  for w, m, l in zip(weights, mask, labels):
+    best, best_i = -np.inf, None
+    for i in range(len(w)):
+      if m[i] and w[i] > best:
+        best, best_i = w[i], i
+    hits.append(l[best_i] == target)
+  return np.array(hits)
+
+
+def test_instance_hits_ignore_padding_and_match_loop_reference():
+  rng = np.random.default_rng(0)
+  weights = rng.random((50, 7))
+  mask = np.arange(7)[None] < rng.integers(1, 8, size=(50, 1))
+  labels = rng.integers(0, 10, size=(50, 7))
+  weights[~mask] = 10.0  # padding holds the largest weights and must not count
+  np.testing.assert_array_equal(ablation.instance_hits(weights, mask, labels, 9),
+                                _instance_hits_loop(weights, mask, labels, 9))
+
+
+def test_steady_throughput_skips_the_compiling_window(tmp_path):
+  records = [
+      {"step": 10, "split": "train", "step_time_s": 5.0, "loss": 1.0},  # compiles
+      {"step": 20, "split": "train", "step_time_s": 0.5, "loss": 1.0},
+      {"step": 20, "split": "val", "accuracy": 0.5},
+      {"step": 25, "split": "train", "step_time_s": 0.25, "loss": 1.0},
+  ]
+  with open(tmp_path / "metrics.jsonl", "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in records)
+  # 15 steps of 32 images in 10 * 0.5 + 5 * 0.25 seconds.
+  assert ablation.steady_throughput(str(tmp_path), 32) == pytest.approx(15 * 32 / 6.25)
+
+
+def _result(row, seed, accuracy, **extra):
+  return {"row": row.key, "name": row.name, "table": row.table, "family": row.family,
+          "train_examples": row.train_examples, "seed": seed, "test_accuracy": accuracy,
+          **extra}
+
+
+def test_summarize_mean_and_sample_std_per_row():
+  plain, region = table.CLUTTERED_ROWS[0], table.CLUTTERED_ROWS[7]
+  results = [_result(plain, s, a) for s, a in enumerate([0.5, 0.6, 0.7])]
+  results += [_result(region, 0, 0.9, test_pointing_game=0.8)]
+  summary = ablation.summarize(results, ["test_accuracy", "test_pointing_game"])
+  assert summary[plain.key]["n"] == 3
+  assert summary[plain.key]["test_accuracy"]["mean"] == pytest.approx(0.6)
+  assert summary[plain.key]["test_accuracy"]["std"] == pytest.approx(
+      np.sqrt(((0.5 - 0.6) ** 2 + (0.7 - 0.6) ** 2) / 2))
+  assert "test_pointing_game" not in summary[plain.key]
+  assert summary[region.key]["test_accuracy"] == {"mean": 0.9, "std": 0.0}
+
+
+def test_compare_says_whether_a_difference_exceeds_the_spread():
+  rows = table.CLUTTERED_ROWS[:3]
+  summary = {
+      rows[0].key: {"test_accuracy": {"mean": 0.50, "std": 0.02}},
+      rows[1].key: {"test_accuracy": {"mean": 0.60, "std": 0.03}},  # +10 > 5: exceeds
+      rows[2].key: {"test_accuracy": {"mean": 0.53, "std": 0.02}},  # +3 < 4: within
+  }
+  lines = ablation.compare(summary, rows, "test_accuracy", rows[0])
+  assert lines[0].startswith(f"- Best test accuracy: **{rows[1].name}**, 60.0")
+  assert f"{rows[1].name} vs plain CNN: +10.0 points; exceeds" in lines[1]
+  assert f"{rows[2].name} vs plain CNN: +3.0 points; is within" in lines[2]
+
+
+def test_localization_surprises_flag_accurate_models_that_point_elsewhere():
+  rows = table.CLUTTERED_ROWS[6:8]
+  summary = {rows[0].key: {"test_accuracy": {"mean": 0.9, "std": 0}, "test_pointing_game":
+                           {"mean": 0.3, "std": 0}},
+             rows[1].key: {"test_accuracy": {"mean": 0.9, "std": 0}, "test_pointing_game":
+                           {"mean": 0.85, "std": 0}}}
+  lines = ablation.localization_surprises(summary, rows)
+  assert len(lines) == 1 and rows[0].name in lines[0]
+
+
+@pytest.mark.slow
+def test_bag_subset_has_the_requested_training_bags(tmp_path):
+  import tensorflow_datasets as tfds
+  data_dir = ablation.prepare_bag_subset(str(tmp_path), 20)
+  assert ablation.prepare_bag_subset(str(tmp_path), 20) == data_dir  # built once
+  train = tfds.data_source("digit_bags/16px", split="train", data_dir=data_dir,
+                           download=False)
+  assert len(train) == 20
+  assert sum(int(train[i]["label"]) for i in range(20)) == 10  # balanced
+  test = tfds.data_source("digit_bags/16px", split="test", data_dir=data_dir, download=False)
+  assert len(test) == 1000
+
+
+@pytest.mark.slow
+def test_smoke_run_trains_measures_reports_and_resumes(tmp_path, capsys):
+  rows = "cluttered_plain_cnn|cluttered_region_mlp|bags_attention"
+  args = ["--smoke", "--rows", rows, "--out", str(tmp_path / "runs"),
+          "--data_dir", str(tmp_path / "tfds"), "--workers", "2"]
+  assert ablation.main(args) == 0
+  for key in ("cluttered_plain_cnn", "cluttered_region_mlp", "bags_attention_pooling_n50"):
+    with open(tmp_path / "runs" / key / "seed_0" / "result.json") as f:
+      result = json.load(f)
+    assert result["steps"] == 1 and result["params"] > 0
+    assert 0 <= result["test_accuracy"] <= 1
+  with open(tmp_path / "runs" / "bags_attention_pooling_n50" / "seed_0" / "result.json") as f:
+    bags = json.load(f)
+  assert 0 <= bags["test_auc"] <= 1 and 0 <= bags["instance_localization"] <= 1
+  with open(tmp_path / "runs" / "cluttered_plain_cnn" / "seed_0" / "result.json") as f:
+    assert json.load(f)["test_pointing_game"] is None  # no attention map
+  report = (tmp_path / "runs" / "RESULTS.md").read_text()
+  assert "| region MLP | region |" in report and "| attention pooling | 50 |" in report
+  figures = os.listdir(tmp_path / "runs" / "results")
+  assert "attention_cluttered_region_mlp.png" in figures
+  assert "attention_cluttered_plain_cnn.png" not in figures  # nothing to overlay
+  capsys.readouterr()
+  # A second call finds every run finished and trains nothing.
+  assert ablation.main(args) == 0
+  assert "3 of 3 runs already finished; running 0" in capsys.readouterr().out

@@ -66,12 +66,17 @@ def _devices(out: str) -> None:
   np.savez(out, **{f"{run}|{name}": value for run, params in results.items()
                    for name, value in params.items()})
   config = config_lib.base_config()
+  abstract = state_lib.abstract_train_state(config, TinyCNN(), (1, 16, 16, 3),
+                                            sharding_lib.make_mesh(2))
+  split_leaves = [leaf.shape for leaf in jax.tree.leaves(abstract)
+                  if sharding_lib.MODEL_AXIS in leaf.sharding.spec]
   config.train.global_batch_size = 12
   try:
     config_lib.validate_config(config, num_devices=jax.device_count())
-    print(json.dumps({"batch_error": None}))
+    batch_error = None
   except ValueError as error:
-    print(json.dumps({"batch_error": str(error)}))
+    batch_error = str(error)
+  print(json.dumps({"batch_error": batch_error, "model_split_leaves": split_leaves}))
 
 
 def main(argv) -> None:

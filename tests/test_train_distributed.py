@@ -75,9 +75,12 @@ def test_eight_devices_match_one_device(tmp_path, one_device_params):
     runs.setdefault(run, {})[name] = stored[key]
   for run in ("data8", "data4_model2", "one_device"):
     _assert_same_params(runs[run], one_device_params)
-  error = json.loads(next(line for line in output.splitlines() if "batch_error" in line))
-  assert "'train.global_batch_size' (12)" in error["batch_error"]
-  assert "(8)" in error["batch_error"]
+  report = json.loads(next(line for line in output.splitlines() if "batch_error" in line))
+  assert "'train.global_batch_size' (12)" in report["batch_error"]
+  assert "(8)" in report["batch_error"]
+  # With a 'model' axis of 2 the kernels (and their Adam moments) are really split.
+  assert [3, 3, 3, 8] in report["model_split_leaves"]
+  assert [8, 10] in report["model_split_leaves"]
 
 
 @pytest.mark.slow

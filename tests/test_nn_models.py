@@ -3,6 +3,7 @@ attention map, and reject bad configuration at init."""
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -147,7 +148,7 @@ def test_mil_classifier_sows_instance_weights_respecting_the_mask():
 def test_conv_class_is_one_attribute():
   calls = []
 
-  class CountingConv(rn.models.nn.Conv):
+  class CountingConv(nn.Conv):
     def __call__(self, inputs):
       calls.append(self.name)
       return super().__call__(inputs)

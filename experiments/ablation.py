@@ -696,7 +696,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
   command = "python -m experiments.ablation " + " ".join(
       (argv if argv is not None else sys.argv[1:]))
+  command_file = os.path.join(args.out, "command.txt")
   if not args.report_only:
+    os.makedirs(args.out, exist_ok=True)
+    with open(command_file, "w") as f:
+      f.write(command)
     rows = selected_rows(args.tables.split(","), args.smoke, args.rows)
     seeds = table.SEEDS[:1] if args.smoke else table.SEEDS
     # Seed-major order: an interrupted run still has every row with some seeds.
@@ -706,6 +710,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if failed:
       print(f"failed runs: {failed}", flush=True)
       return 1
+  if os.path.exists(command_file):  # The command that ran the table, not the report's.
+    with open(command_file) as f:
+      command = f.read()
   write_report(args.out, args.results_md, args.results_dir, command)
   return 0
 

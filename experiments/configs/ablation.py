@@ -12,8 +12,9 @@ Tables:
   cluttered  `cluttered_digits/64`: plain CNN, the seed's AttentionNet, channel
              attention (SE, ECA, coordinate), CBAM, region attention with each scorer,
              multi-scale region attention.
-  large      `cluttered_digits/128_heavy` (4x the pixels, 40-56 fragments): the
-             same backbone without attention, with CBAM, region and multi-scale heads.
+  large      `cluttered_digits/128_heavy` (4x the pixels, 40-56 fragments): a
+             half-width backbone without attention, with CBAM, region and multi-scale
+             heads.
   bags       `digit_bags/16px` (multiple-instance learning, after Ilse et al., 2018):
              attention / gated attention / mean / max pooling, each at several
              training-set sizes (`BAG_TRAIN_SIZES`).
@@ -53,9 +54,9 @@ COMMON: Mapping[str, Any] = {
 #: Per table: dataset and length of training. Steps were chosen so that the whole
 #: table fits in about an hour on 2 cores (see RESULTS.md for the measured costs).
 TABLES: Mapping[str, Mapping[str, Any]] = {
-    "cluttered": {"dataset.name": "cluttered_digits/64", "train.steps": 300},
-    "large": {"dataset.name": "cluttered_digits/128_heavy", "train.steps": 300},
-    "bags": {"dataset.name": "digit_bags/16px", "train.steps": 300,
+    "cluttered": {"dataset.name": "cluttered_digits/64", "train.steps": 150},
+    "large": {"dataset.name": "cluttered_digits/128_heavy", "train.steps": 150},
+    "bags": {"dataset.name": "digit_bags/16px", "train.steps": 250,
              "train.global_batch_size": 16, "optim.learning_rate": 5e-4,
              "model.name": "MILClassifier"},
 }
@@ -103,14 +104,20 @@ def _classifier(**kwargs) -> dict[str, Any]:
   return {"model.name": "RegionAttentionClassifier", "model.kwargs": kwargs}
 
 
-def _region_head(scorer: type) -> dict[str, Any]:
+def _region_head(scorer: type, **kwargs) -> dict[str, Any]:
   """A 4x4 region-attention head with `scorer` (see the module docstring)."""
   return _classifier(head="multiscale", head_kwargs={
-      "grids": ((4, 4),), "mode": "coarse_to_fine", "scorer": scorer})
+      "grids": ((4, 4),), "mode": "coarse_to_fine", "scorer": scorer}, **kwargs)
 
 
-_MULTISCALE = _classifier(head="multiscale", head_kwargs={
-    "grids": ((1, 1), (2, 2), (4, 4)), "mode": "coarse_to_fine"})
+def _multiscale(**kwargs) -> dict[str, Any]:
+  return _classifier(head="multiscale", head_kwargs={
+      "grids": ((1, 1), (2, 2), (4, 4)), "mode": "coarse_to_fine"}, **kwargs)
+
+
+#: The large canvas has 4x the pixels: half-width stages keep a step's cost near a
+#: 64x64 step of the full-width backbone (1.4 s at full width here, too slow for the hour).
+_NARROW = {"backbone_kwargs": {"features": (16, 32, 64)}}
 
 CLUTTERED_ROWS = (
     Row("plain CNN", "cluttered", "none", _classifier(head=None)),
@@ -129,14 +136,15 @@ CLUTTERED_ROWS = (
         grid=(4, 4)),
     Row("region self-attention", "cluttered", "region",
         _region_head(ra_nn.SelfAttentionScorer), grid=(4, 4)),
-    Row("multi-scale", "cluttered", "multiscale", _MULTISCALE, grid=(4, 4)),
+    Row("multi-scale", "cluttered", "multiscale", _multiscale(), grid=(4, 4)),
 )
 
 LARGE_ROWS = (
-    Row("plain CNN", "large", "none", _classifier(head=None)),
-    Row("CBAM", "large", "spatial", _classifier(head=None, attention="cbam")),
-    Row("region MLP", "large", "region", _region_head(ra_nn.MLPScorer), grid=(4, 4)),
-    Row("multi-scale", "large", "multiscale", _MULTISCALE, grid=(4, 4)),
+    Row("plain CNN", "large", "none", _classifier(head=None, **_NARROW)),
+    Row("CBAM", "large", "spatial", _classifier(head=None, attention="cbam", **_NARROW)),
+    Row("region MLP", "large", "region", _region_head(ra_nn.MLPScorer, **_NARROW),
+        grid=(4, 4)),
+    Row("multi-scale", "large", "multiscale", _multiscale(**_NARROW), grid=(4, 4)),
 )
 
 BAG_ROWS = tuple(

@@ -48,9 +48,10 @@ def train_command(workdir: str, data_dir: str, *overrides: str) -> list[str]:
 
 
 def start(workdir: str, data_dir: str, *overrides: str) -> subprocess.Popen:
-  log = open(f"{workdir}.log", "a")  # pylint: disable=consider-using-with
-  return subprocess.Popen(train_command(workdir, data_dir, *overrides), cwd=REPO,
-                          stdout=log, stderr=subprocess.STDOUT, text=True)
+  """Starts a run in the background; its output goes to `<workdir>.log`."""
+  with open(f"{workdir}.log", "a") as log:  # the child keeps its own descriptor
+    return subprocess.Popen(train_command(workdir, data_dir, *overrides), cwd=REPO,
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
 def finish(process: subprocess.Popen, workdir: str) -> dict:

@@ -46,7 +46,7 @@ MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_thre
 
 
 def rows_by_key() -> dict[str, table.Row]:
-  return {row.key: row for row in table.ROWS}
+  return {row.key: row for row in table.ROWS + table.REAL_ROWS}
 
 
 def make_config(row: table.Row, seed: int, *, data_dir: str, smoke: bool = False):
@@ -582,7 +582,7 @@ def environment() -> dict[str, str]:
 
 def write_report(out: str, results_md: str, results_dir: str, command: str) -> dict:
   """Collects the finished runs and writes RESULTS.md, figures and metrics.json."""
-  results = collect(out, table.ROWS, table.SEEDS)
+  results = collect(out, table.ROWS + table.REAL_ROWS, table.SEEDS)
   summary = summarize(results, METRICS)
   os.makedirs(results_dir, exist_ok=True)
   figures = make_figures(out, summary, results_dir)
@@ -632,6 +632,11 @@ def write_report(out: str, results_md: str, results_dir: str, command: str) -> d
     mean_row = next(row for row in rows if row.name.startswith("mean"))
     text += [f"\n{size} training bags (against mean pooling):\n\n",
              *[line + "\n" for line in compare(summary, rows, "test_auc", mean_row, scale=1.0)]]
+  for name in table.REAL_DATASETS:
+    rows = [row for row in table.REAL_ROWS if row.table == name]
+    if any(row.key in summary for row in rows):
+      text += [f"\n## {name}\n", image_table(summary, rows) + "\n",
+               *[line + "\n" for line in compare(summary, rows, "test_accuracy", rows[0])]]
   text += ["\n## Figures\n"]
   text += [f"{caption}\n\n![{os.path.basename(path)}]({relative(path)})\n" for caption, path
            in figures]
@@ -680,7 +685,8 @@ def parse_args(argv: Sequence[str] | None = None):
 def selected_rows(tables: Sequence[str], smoke: bool, pattern: str = "") -> list[table.Row]:
   """The rows of `tables` whose key matches `pattern`; in smoke mode one training-set
   size of the bag table."""
-  rows = [row for row in table.ROWS if row.table in tables and re.search(pattern, row.key)]
+  rows = [row for row in table.ROWS + table.REAL_ROWS
+          if row.table in tables and re.search(pattern, row.key)]
   if smoke:
     rows = [row for row in rows if row.train_examples in (None, table.BAG_TRAIN_SIZES[0])]
   return rows

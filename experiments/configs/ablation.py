@@ -8,6 +8,16 @@ runs once per seed in `SEEDS`. Run the whole table (about an hour on 2 CPU cores
 
 and one tiny step per row (CI) with `python -m experiments.ablation --smoke`.
 
+The real-image tables (`REAL_ROWS`: cifar10, eurosat, patch_camelyon with a ResNet-18)
+are not part of the default run; they need the datasets downloaded once and a GPU or
+TPU (hours of CPU time each). On such a machine:
+
+    pip install -e ".[all]"
+    tfds build cifar10 eurosat/rgb patch_camelyon --file_format=array_record
+    python -m experiments.ablation --tables cifar10,eurosat,patch_camelyon \
+        --out runs/real --workers 1 --threads 2 --results_md RESULTS_real.md \
+        --results_dir results_real
+
 Tables:
   cluttered  `cluttered_digits/64`: plain CNN, the seed's AttentionNet, channel
              attention (SE, ECA, coordinate), CBAM, region attention with each scorer,
@@ -153,3 +163,31 @@ BAG_ROWS = tuple(
     for size in BAG_TRAIN_SIZES for pooling in ("attention", "gated", "mean", "max"))
 
 ROWS = CLUTTERED_ROWS + LARGE_ROWS + BAG_ROWS
+
+#: Real images: name -> steps (about 50 epochs at batch 128).
+REAL_DATASETS: Mapping[str, Mapping[str, Any]] = {
+    "cifar10": {"dataset.name": "cifar10", "train.steps": 18000},
+    "eurosat": {"dataset.name": "eurosat/rgb", "train.steps": 8500},
+    "patch_camelyon": {"dataset.name": "patch_camelyon", "train.steps": 100000},
+}
+TABLES = {**TABLES, **{
+    name: {**settings, "train.global_batch_size": 128, "train.eval_batch_size": 500,
+           "train.log_every": 100, "dataset.augment": True, "optim.warmup_steps": 500,
+           "optim.weight_decay": 5e-2}
+    for name, settings in REAL_DATASETS.items()}}
+
+
+def _resnet(**kwargs) -> dict[str, Any]:
+  return _classifier(backbone="resnet18", **kwargs)
+
+
+REAL_ROWS = tuple(
+    row for name in REAL_DATASETS for row in (
+        Row("ResNet-18", name, "none", _resnet(head=None)),
+        Row("SE-ResNet-18", name, "channel", _resnet(head=None, attention="se")),
+        Row("CBAM-ResNet-18", name, "spatial", _resnet(head=None, attention="cbam")),
+        Row("ResNet-18 + region MLP", name, "region",
+            _region_head(ra_nn.MLPScorer, backbone="resnet18"), grid=(4, 4)),
+        Row("ResNet-18 + multi-scale", name, "multiscale", _multiscale(backbone="resnet18"),
+            grid=(4, 4)),
+    ))

@@ -559,17 +559,22 @@ def plot(results: dict, path: Path) -> None:
   allocator = results["environment"]["allocators"][0]
   rows = [r for r in results["rows"] if r["allocator"] == allocator and r["case"] != "conv"]
   panels = sorted({(r["case"], r["kind"]) for r in rows})
-  fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False)
-  for ax, (case, kind) in zip(axes[0], panels):
+  columns = min(3, len(panels))
+  fig, axes = plt.subplots(-(-len(panels) // columns), columns,
+                           figsize=(4.2 * columns, 3.4 * -(-len(panels) // columns)),
+                           squeeze=False)
+  colors = dict(zip(FRAMEWORKS, ("tab:blue", "tab:cyan", "tab:orange", "tab:red")))
+  for ax, (case, kind) in zip(axes.flat, panels):
     for framework in FRAMEWORKS:
       batches = sorted({r["batch"] for r in rows if r["framework"] == framework
                         and r["case"] == case and r["kind"] == kind})
       if batches:
         times = [_best(rows, framework=framework, case=case, kind=kind, batch=b)["median_ms"]
                  for b in batches]
-        ax.plot(batches, times, marker="o", label=framework)
+        ax.plot(batches, times, marker="o", label=framework, color=colors[framework])
     ax.set(title=f"{case}\n{kind}", xlabel="batch size", ylabel="median ms")
     ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
     ax.legend(fontsize=7)
   fig.suptitle(f"{results['environment']['cpu']}, allocator: {allocator}", fontsize=9)
   fig.tight_layout()
@@ -600,6 +605,8 @@ def main(argv=None) -> None:
                       "quick: none)")
   parser.add_argument("--tag", default="",
                       help="names this run's results file and BENCHMARKS.md section")
+  parser.add_argument("--from-json", type=Path, default=None,
+                      help="re-render the markdown and plot of an earlier results file")
   parser.add_argument("--worker", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.worker:
@@ -609,6 +616,13 @@ def main(argv=None) -> None:
   out_dir = args.out_dir or (Path(tempfile.mkdtemp(prefix="benchmark_")) if args.quick
                              else REPO / "benchmarks")
   out_dir.mkdir(parents=True, exist_ok=True)
+  if args.from_json:
+    results = json.loads(args.from_json.read_text())
+    suffix = args.from_json.stem.removeprefix("results")
+    if results["suite"] == "models":
+      plot(results, args.from_json.parent / f"time_vs_batch{suffix}.png")
+    write_markdown(args.markdown or REPO / "BENCHMARKS.md", markdown(results), marker=suffix)
+    return
   frameworks = args.frameworks or (["jax", "torch_eager"] if args.quick else list(FRAMEWORKS))
   size = dict(SIZES["quick" if args.quick else "full"])
   if args.suite == "conv" and not args.quick:  # one batch: 13 forms of a 19-GFLOP conv

@@ -398,7 +398,8 @@ def summarize(results: Sequence[Mapping[str, Any]], metrics: Sequence[str]
       values = np.array([r[metric] for r in runs if r.get(metric) is not None], np.float64)
       if len(values):
         entry[metric] = {"mean": float(values.mean()),
-                         "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+                         "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                         "min": float(values.min()), "max": float(values.max())}
     summary[key] = entry
   return summary
 
@@ -415,13 +416,13 @@ def _pm(entry: Mapping[str, Any], metric: str, scale: float = 1.0, digits: int =
   return f"{scale * value['mean']:.{digits}f} ± {scale * value['std']:.{digits}f}"
 
 
-def _mean(entry, metric, digits=0) -> str:
-  return f"{entry[metric]['mean']:.{digits}f}" if metric in entry else "-"
+def _mean(entry, metric, digits=0, statistic="mean") -> str:
+  return f"{entry[metric][statistic]:.{digits}f}" if metric in entry else "-"
 
 
 def image_table(summary: Mapping[str, Any], rows: Sequence[table.Row]) -> str:
   lines = ["| method | family | test accuracy (%) | pointing game (%) | params | "
-           "train images/s | wall time / run (s) | seeds |",
+           "train images/s (best seed) | wall time / run (s, fastest seed) | seeds |",
            "|---|---|---|---|---|---|---|---|"]
   for row in rows:
     entry = summary.get(row.key)
@@ -431,13 +432,15 @@ def image_table(summary: Mapping[str, Any], rows: Sequence[table.Row]) -> str:
     lines.append(
         f"| {row.name} | {row.family} | {_pm(entry, 'test_accuracy', 100)} | "
         f"{_pm(entry, 'test_pointing_game', 100)} | {_mean(entry, 'params')} | "
-        f"{_mean(entry, 'images_per_sec')} | {_mean(entry, 'wall_time_s')} | {entry['n']} |")
+        f"{_mean(entry, 'images_per_sec', statistic='max')} | "
+        f"{_mean(entry, 'wall_time_s', statistic='min')} | {entry['n']} |")
   return "\n".join(lines)
 
 
 def bag_table(summary: Mapping[str, Any], rows: Sequence[table.Row]) -> str:
   lines = ["| pooling | training bags | test AUC | bag accuracy (%) | instance "
-           "localization (%) | chance (%) | params | wall time / run (s) | seeds |",
+           "localization (%) | chance (%) | params | wall time / run (s, fastest seed) | "
+           "seeds |",
            "|---|---|---|---|---|---|---|---|---|"]
   for row in rows:
     entry = summary.get(row.key)
@@ -449,7 +452,8 @@ def bag_table(summary: Mapping[str, Any], rows: Sequence[table.Row]) -> str:
         f"{_pm(entry, 'test_bag_accuracy', 100)} | "
         f"{_pm(entry, 'instance_localization', 100)} | "
         f"{_pm(entry, 'chance_localization', 100)} | "
-        f"{_mean(entry, 'params')} | {_mean(entry, 'wall_time_s')} | {entry['n']} |")
+        f"{_mean(entry, 'params')} | {_mean(entry, 'wall_time_s', statistic='min')} | "
+        f"{entry['n']} |")
   return "\n".join(lines)
 
 
@@ -475,9 +479,12 @@ def compare(summary: Mapping[str, Any], rows: Sequence[table.Row], metric: str,
       continue
     delta = entry[metric]["mean"] - base[metric]["mean"]
     spread = entry[metric]["std"] + base[metric]["std"]
-    verdict = "exceeds" if abs(delta) > spread else "is within"
-    lines.append(f"- {row.name} vs {baseline.name}: {scale * delta:+.1f} points; "
-                 f"{verdict} the seed spread (sum of stds {scale * spread:.1f}).")
+    if min(entry["n"], base["n"]) < 2:
+      verdict = "one seed so far, no spread to compare with"
+    else:
+      verdict = ("exceeds" if abs(delta) > spread else "is within") + (
+          f" the seed spread (sum of stds {scale * spread:.1f})")
+    lines.append(f"- {row.name} vs {baseline.name}: {scale * delta:+.1f} points; {verdict}.")
   return lines
 
 

@@ -149,20 +149,25 @@ def test_summarize_mean_and_sample_std_per_row():
   assert summary[plain.key]["test_accuracy"]["std"] == pytest.approx(
       np.sqrt(((0.5 - 0.6) ** 2 + (0.7 - 0.6) ** 2) / 2))
   assert "test_pointing_game" not in summary[plain.key]
-  assert summary[region.key]["test_accuracy"] == {"mean": 0.9, "std": 0.0}
+  assert summary[plain.key]["test_accuracy"]["min"] == 0.5
+  assert summary[plain.key]["test_accuracy"]["max"] == 0.7
+  assert summary[region.key]["test_accuracy"] == {"mean": 0.9, "std": 0.0, "min": 0.9,
+                                                  "max": 0.9}
 
 
 def test_compare_says_whether_a_difference_exceeds_the_spread():
   rows = table.CLUTTERED_ROWS[:3]
   summary = {
-      rows[0].key: {"test_accuracy": {"mean": 0.50, "std": 0.02}},
-      rows[1].key: {"test_accuracy": {"mean": 0.60, "std": 0.03}},  # +10 > 5: exceeds
-      rows[2].key: {"test_accuracy": {"mean": 0.53, "std": 0.02}},  # +3 < 4: within
+      rows[0].key: {"n": 3, "test_accuracy": {"mean": 0.50, "std": 0.02}},
+      rows[1].key: {"n": 3, "test_accuracy": {"mean": 0.60, "std": 0.03}},  # +10 > 5
+      rows[2].key: {"n": 3, "test_accuracy": {"mean": 0.53, "std": 0.02}},  # +3 < 4
   }
   lines = ablation.compare(summary, rows, "test_accuracy", rows[0])
   assert lines[0].startswith(f"- Best test accuracy: **{rows[1].name}**, 60.0")
   assert f"{rows[1].name} vs plain CNN: +10.0 points; exceeds" in lines[1]
   assert f"{rows[2].name} vs plain CNN: +3.0 points; is within" in lines[2]
+  summary[rows[2].key]["n"] = 1
+  assert "one seed so far" in ablation.compare(summary, rows, "test_accuracy", rows[0])[2]
 
 
 def test_localization_surprises_flag_accurate_models_that_point_elsewhere():

@@ -224,7 +224,7 @@ def _jax_conv_form_rows(batch: int, size: dict) -> list[dict]:
       "dx: 9 per-tap matmuls, shifted outputs": (dx_per_tap, (kernel, dy)),
       "dw: native VJP": (lambda x, k, dy: jax.vjp(lambda w: native(x, w), k)[1](dy),
                          (x, kernel, dy)),
-      "dw: 9 per-tap matmuls (Conv)": (
+      "dw: 9 per-tap matmuls, unrolled": (
           lambda x, dy: [t.reshape(-1, cin).T @ dy.reshape(-1, cout) for t in taps(x)], (x, dy)),
       "dw: patches + one matmul": (
           lambda x, dy: patches(x).reshape(-1, 9 * cin).T @ dy.reshape(-1, cout), (x, dy)),

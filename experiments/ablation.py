@@ -458,7 +458,8 @@ def bag_table(summary: Mapping[str, Any], rows: Sequence[table.Row]) -> str:
 
 
 def compare(summary: Mapping[str, Any], rows: Sequence[table.Row], metric: str,
-            baseline: table.Row, scale: float = 100.0) -> list[str]:
+            baseline: table.Row, scale: float = 100.0, digits: int = 1,
+            unit: str = " points") -> list[str]:
   """Plain sentences: the best row, and each row against the baseline and the spread.
 
   A difference "exceeds the spread" when it is larger than the sum of the two rows'
@@ -470,7 +471,8 @@ def compare(summary: Mapping[str, Any], rows: Sequence[table.Row], metric: str,
     return []
   best_row, best = max(done, key=lambda item: item[1][metric]["mean"])
   lines = [f"- Best {metric.replace('_', ' ')}: **{best_row.name}**, "
-           f"{scale * best[metric]['mean']:.1f} ± {scale * best[metric]['std']:.1f}."]
+           f"{scale * best[metric]['mean']:.{digits}f} ± "
+           f"{scale * best[metric]['std']:.{digits}f}."]
   base = summary.get(baseline.key)
   if base is None or metric not in base:
     return lines
@@ -483,8 +485,9 @@ def compare(summary: Mapping[str, Any], rows: Sequence[table.Row], metric: str,
       verdict = "one seed so far, no spread to compare with"
     else:
       verdict = ("exceeds" if abs(delta) > spread else "is within") + (
-          f" the seed spread (sum of stds {scale * spread:.1f})")
-    lines.append(f"- {row.name} vs {baseline.name}: {scale * delta:+.1f} points; {verdict}.")
+          f" the seed spread (sum of stds {scale * spread:.{digits}f})")
+    lines.append(f"- {row.name} vs {baseline.name}: {scale * delta:+.{digits}f}{unit}; "
+                 f"{verdict}.")
   return lines
 
 
@@ -623,28 +626,26 @@ def write_report(out: str, results_md: str, results_dir: str, command: str) -> d
   ]
   if notes:
     text += ["## Summary\n", notes.strip() + "\n"]
-  text += ["## cluttered_digits/64\n", image_table(summary, table.CLUTTERED_ROWS) + "\n",
-           *[line + "\n" for line in
-             compare(summary, table.CLUTTERED_ROWS, "test_accuracy", table.CLUTTERED_ROWS[0])],
-           *[line + "\n" for line in localization_surprises(summary, table.CLUTTERED_ROWS)],
-           "\n## Larger canvas: cluttered_digits/128_heavy\n",
-           image_table(summary, table.LARGE_ROWS) + "\n",
-           *[line + "\n" for line in
-             compare(summary, table.LARGE_ROWS, "test_accuracy", table.LARGE_ROWS[0])],
-           *[line + "\n" for line in localization_surprises(summary, table.LARGE_ROWS)],
-           "\n## digit_bags/16px (multiple-instance learning)\n",
+  bullets = lambda lines: "\n".join(lines) + "\n"
+  for title, rows in (("cluttered_digits/64", table.CLUTTERED_ROWS),
+                      ("Larger canvas: cluttered_digits/128_heavy", table.LARGE_ROWS)):
+    text += [f"## {title}\n", image_table(summary, rows) + "\n",
+             bullets(compare(summary, rows, "test_accuracy", rows[0])
+                     + localization_surprises(summary, rows))]
+  text += ["## digit_bags/16px (multiple-instance learning)\n",
            bag_table(summary, table.BAG_ROWS) + "\n"]
   for size in table.BAG_TRAIN_SIZES:
     rows = [row for row in table.BAG_ROWS if row.train_examples == size]
     mean_row = next(row for row in rows if row.name.startswith("mean"))
-    text += [f"\n{size} training bags (against mean pooling):\n\n",
-             *[line + "\n" for line in compare(summary, rows, "test_auc", mean_row, scale=1.0)]]
+    text += [f"{size} training bags, test AUC against mean pooling:\n",
+             bullets(compare(summary, rows, "test_auc", mean_row, scale=1.0, digits=3,
+                             unit=""))]
   for name in table.REAL_DATASETS:
     rows = [row for row in table.REAL_ROWS if row.table == name]
     if any(row.key in summary for row in rows):
-      text += [f"\n## {name}\n", image_table(summary, rows) + "\n",
-               *[line + "\n" for line in compare(summary, rows, "test_accuracy", rows[0])]]
-  text += ["\n## Figures\n"]
+      text += [f"## {name}\n", image_table(summary, rows) + "\n",
+               bullets(compare(summary, rows, "test_accuracy", rows[0]))]
+  text += ["## Figures\n"]
   text += [f"{caption}\n\n![{os.path.basename(path)}]({relative(path)})\n" for caption, path
            in figures]
   with open(results_md, "w") as f:

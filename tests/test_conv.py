@@ -72,11 +72,14 @@ def test_custom_vjp_passes_numerical_gradient_check(x_shape, kernel_shape, paddi
 
 
 @pytest.mark.parametrize("input_shape", [(2, 8, 8, 16), (3, 2, 8, 8, 16), (8, 8, 16)])
-@pytest.mark.parametrize("kernel_size,padding", [((3, 3), "SAME"), (3, "VALID"), ((1, 1), "SAME")])
-def test_module_is_a_drop_in_for_flax_conv(input_shape, kernel_size, padding):
+@pytest.mark.parametrize("kernel_size,padding,strides", [
+    ((3, 3), "SAME", 1), (3, "VALID", 1), ((1, 1), "SAME", 1), ((3, 3), "SAME", 2),
+    ((7, 7), ((3, 3), (3, 3)), (2, 2)), ((1, 1), "SAME", 2)])
+def test_module_is_a_drop_in_for_flax_conv(input_shape, kernel_size, padding, strides):
   x = jax.random.normal(jax.random.PRNGKey(0), input_shape)
-  ours, flax_conv = Conv(24, kernel_size, padding=padding), nn.Conv(
-      24, (kernel_size,) * 2 if isinstance(kernel_size, int) else kernel_size, padding=padding)
+  ours, flax_conv = Conv(24, kernel_size, strides=strides, padding=padding), nn.Conv(
+      24, (kernel_size,) * 2 if isinstance(kernel_size, int) else kernel_size,
+      strides=strides, padding=padding)
   params = ours.init(jax.random.PRNGKey(1), x)
   flax_params = flax_conv.init(jax.random.PRNGKey(1), x)
   chex.assert_trees_all_equal(params, flax_params)  # same names, shapes and initial values
@@ -94,7 +97,7 @@ def test_module_dtype_promotion_follows_flax():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"strides": 2}, "strides must be 1"),
+    ({"strides": 0}, "strides must be"),
     ({"padding": "CIRCULAR"}, "padding must be"),
     ({"kernel_size": (3, 3, 3)}, "kernel_size must be"),
 ])

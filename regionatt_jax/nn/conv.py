@@ -1,7 +1,7 @@
 """A 2-D convolution whose backward pass is fast on XLA:CPU.
 
 `Conv` is a drop-in for `flax.linen.Conv` as the models here use it: channels-last
-`(..., H, W, Cin)` inputs, stride 1, no dilation, one feature group, `'SAME'`/`'VALID'`
+`(..., H, W, Cin)` inputs, any stride (only stride-1 convs get the fast backward), no dilation, one feature group, `'SAME'`/`'VALID'`
 or explicit padding, parameters named `kernel` `(kh, kw, Cin, Cout)` and `bias`
 `(Cout,)` with Flax's initializers, and `dtype`/`param_dtype` promotion. The parameter
 tree is the same as `flax.linen.Conv`'s, so either module loads the other's weights.
@@ -136,12 +136,12 @@ def conv2d(x: jax.Array, kernel: jax.Array, padding: Padding = "SAME") -> jax.Ar
 
 
 class Conv(nn.Module):
-  """Drop-in for `flax.linen.Conv` (2-D, stride 1) with a fast XLA:CPU backward pass.
+  """Drop-in for `flax.linen.Conv` (2-D) with a fast XLA:CPU backward pass at stride 1.
 
   Attributes:
     features: number of output channels `Cout`.
     kernel_size: `(kh, kw)`, or one int for a square kernel.
-    strides: must be 1 (kept so that `flax.linen.Conv` call sites carry over).
+    strides: an int or `(sh, sw)`; strided convs use XLA's convolution and its VJP.
     padding: `'SAME'`, `'VALID'` or `((top, bottom), (left, right))`.
     use_bias: add a `(Cout,)` bias.
     dtype: computation dtype (default: inferred from inputs and params, as in Flax).
@@ -174,8 +174,8 @@ class Conv(nn.Module):
     strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
     if len(kernel_hw) != 2:
       raise ValueError(f"kernel_size must be an int or (kh, kw), got {self.kernel_size!r}")
-    if strides != (1, 1):
-      raise ValueError(f"strides must be 1, got {self.strides!r}; use flax.linen.Conv for strides")
+    if len(strides) != 2 or min(strides) < 1:
+      raise ValueError(f"strides must be a positive int or (sh, sw), got {self.strides!r}")
     if inputs.ndim < 3:
       raise ValueError(f"inputs must be (..., H, W, Cin), got shape {inputs.shape}")
     kernel = self.param("kernel", self.kernel_init, (*kernel_hw, inputs.shape[-1], self.features),
@@ -184,6 +184,13 @@ class Conv(nn.Module):
             if self.use_bias else None)
     inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
     batch_shape = inputs.shape[:-3]
-    y = conv2d(inputs.reshape(-1, *inputs.shape[-3:]), kernel, self.padding)
+    flat = inputs.reshape(-1, *inputs.shape[-3:])
+    if strides == (1, 1):
+      y = conv2d(flat, kernel, self.padding)
+    else:  # strided convs (ResNet downsampling) keep XLA's convolution and native VJP
+      padding = (self.padding if isinstance(self.padding, str)
+                 else _padding_pairs(self.padding, kernel.shape[:2]))
+      y = lax.conv_general_dilated(flat, kernel, strides, padding,
+                                   dimension_numbers=_DIMENSION_NUMBERS)
     y = y.reshape(*batch_shape, *y.shape[1:])
     return y if bias is None else y + bias

@@ -525,6 +525,8 @@ def make_figures(out: str, summary: Mapping[str, Any], results_dir: str) -> list
 
   for rows, name, title in ((table.CLUTTERED_ROWS, "cluttered_accuracy.png",
                              "cluttered_digits/64"),
+                            (table.HEAVY_ROWS, "heavy_accuracy.png",
+                             "cluttered_digits/64_heavy"),
                             (table.LARGE_ROWS, "large_accuracy.png",
                              "cluttered_digits/128_heavy")):
     done = [row for row in rows if "test_accuracy" in summary.get(row.key, {})]
@@ -544,7 +546,7 @@ def make_figures(out: str, summary: Mapping[str, Any], results_dir: str) -> list
                        ylim=(0.4, 1.0)),
          "bags_auc.png", "Bag AUC by pooling and training-set size, mean ± std over seeds.")
 
-  for row in table.CLUTTERED_ROWS + table.LARGE_ROWS:
+  for row in table.CLUTTERED_ROWS + table.HEAVY_ROWS + table.LARGE_ROWS:
     example = _examples(out, row)
     if example is None or "map" not in example:
       continue
@@ -628,7 +630,10 @@ def write_report(out: str, results_md: str, results_dir: str, command: str) -> d
     text += ["## Summary\n", notes.strip() + "\n"]
   bullets = lambda lines: "\n".join(lines) + "\n"
   for title, rows in (("cluttered_digits/64", table.CLUTTERED_ROWS),
-                      ("Larger canvas: cluttered_digits/128_heavy", table.LARGE_ROWS)):
+                      ("More clutter, same canvas: cluttered_digits/64_heavy",
+                       table.HEAVY_ROWS),
+                      ("Larger canvas and more clutter: cluttered_digits/128_heavy",
+                       table.LARGE_ROWS)):
     text += [f"## {title}\n", image_table(summary, rows) + "\n",
              bullets(compare(summary, rows, "test_accuracy", rows[0])
                      + localization_surprises(summary, rows))]
@@ -667,7 +672,7 @@ def parse_args(argv: Sequence[str] | None = None):
                       help="parallel runs (0: in this process, one after another)")
   parser.add_argument("--threads", type=int, default=1, choices=(1, 2),
                       help="XLA threads per worker (2: XLA's default, all cores)")
-  parser.add_argument("--tables", default="cluttered,large,bags",
+  parser.add_argument("--tables", default="cluttered,heavy,large,bags",
                       help="comma-separated tables to run")
   parser.add_argument("--rows", default="",
                       help="regular expression: only rows whose key it finds (default all)")
@@ -710,11 +715,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
   command = "python -m experiments.ablation " + " ".join(
       (argv if argv is not None else sys.argv[1:]))
-  command_file = os.path.join(args.out, "command.txt")
+  command_file = os.path.join(args.out, "commands.txt")
   if not args.report_only:
     os.makedirs(args.out, exist_ok=True)
-    with open(command_file, "w") as f:
-      f.write(command)
+    with open(command_file, "a") as f:  # Every command that added runs to `out`.
+      f.write(command + "\n")
     rows = selected_rows(args.tables.split(","), args.smoke, args.rows)
     seeds = table.SEEDS[:1] if args.smoke else table.SEEDS
     # Seed-major order: an interrupted run still has every row with some seeds.
@@ -724,9 +729,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if failed:
       print(f"failed runs: {failed}", flush=True)
       return 1
-  if os.path.exists(command_file):  # The command that ran the table, not the report's.
+  if os.path.exists(command_file):  # The commands that ran the table, not the report's.
     with open(command_file) as f:
-      command = f.read()
+      command = "\n    ".join(dict.fromkeys(f.read().split("\n")[:-1]))
   write_report(args.out, args.results_md, args.results_dir, command)
   return 0
 

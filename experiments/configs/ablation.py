@@ -22,6 +22,8 @@ Tables:
   cluttered  `cluttered_digits/64`: plain CNN, the seed's AttentionNet, channel
              attention (SE, ECA, coordinate), CBAM, region attention with each scorer,
              multi-scale region attention.
+  heavy      `cluttered_digits/64_heavy` (same canvas, 16-24 fragments of 10x10): plain
+             CNN, CBAM, region and multi-scale heads, to see the gap grow with clutter.
   large      `cluttered_digits/128_heavy` (4x the pixels, 40-56 fragments): a
              half-width backbone without attention, with CBAM, region and multi-scale
              heads.
@@ -65,6 +67,7 @@ COMMON: Mapping[str, Any] = {
 #: table fits in about an hour on 2 cores (see RESULTS.md for the measured costs).
 TABLES: Mapping[str, Mapping[str, Any]] = {
     "cluttered": {"dataset.name": "cluttered_digits/64", "train.steps": 150},
+    "heavy": {"dataset.name": "cluttered_digits/64_heavy", "train.steps": 150},
     "large": {"dataset.name": "cluttered_digits/128_heavy", "train.steps": 150},
     "bags": {"dataset.name": "digit_bags/16px", "train.steps": 250,
              "train.global_batch_size": 16, "optim.learning_rate": 5e-4,
@@ -74,6 +77,7 @@ TABLES: Mapping[str, Mapping[str, Any]] = {
 #: `--smoke`: the tiny configs, one step, small batches.
 SMOKE: Mapping[str, Mapping[str, Any]] = {
     "cluttered": {"dataset.name": "cluttered_digits/tiny"},
+    "heavy": {"dataset.name": "cluttered_digits/tiny"},
     "large": {"dataset.name": "cluttered_digits/tiny"},
     "bags": {"dataset.name": "digit_bags/tiny"},
 }
@@ -149,6 +153,13 @@ CLUTTERED_ROWS = (
     Row("multi-scale", "cluttered", "multiscale", _multiscale(), grid=(4, 4)),
 )
 
+HEAVY_ROWS = (
+    Row("plain CNN", "heavy", "none", _classifier(head=None)),
+    Row("CBAM", "heavy", "spatial", _classifier(head=None, attention="cbam")),
+    Row("region MLP", "heavy", "region", _region_head(ra_nn.MLPScorer), grid=(4, 4)),
+    Row("multi-scale", "heavy", "multiscale", _multiscale(), grid=(4, 4)),
+)
+
 LARGE_ROWS = (
     Row("plain CNN", "large", "none", _classifier(head=None, **_NARROW)),
     Row("CBAM", "large", "spatial", _classifier(head=None, attention="cbam", **_NARROW)),
@@ -162,7 +173,7 @@ BAG_ROWS = tuple(
         train_examples=size)
     for size in BAG_TRAIN_SIZES for pooling in ("attention", "gated", "mean", "max"))
 
-ROWS = CLUTTERED_ROWS + LARGE_ROWS + BAG_ROWS
+ROWS = CLUTTERED_ROWS + HEAVY_ROWS + LARGE_ROWS + BAG_ROWS
 
 #: Real images: name -> steps (about 50 epochs at batch 128).
 REAL_DATASETS: Mapping[str, Mapping[str, Any]] = {

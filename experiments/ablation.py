@@ -491,6 +491,28 @@ def compare(summary: Mapping[str, Any], rows: Sequence[table.Row], metric: str,
   return lines
 
 
+def clutter_gaps(summary: Mapping[str, Any]) -> str:
+  """A table of each attention row's accuracy gain over the plain CNN, per dataset."""
+  datasets = (("64", table.CLUTTERED_ROWS), ("64_heavy", table.HEAVY_ROWS),
+              ("128_heavy", table.LARGE_ROWS))
+  names = [row.name for row in table.HEAVY_ROWS[1:]]
+  lines = ["| accuracy gain over plain CNN (points) | " + " | ".join(names) + " |",
+           "|---|" + "---|" * len(names)]
+  for dataset, rows in datasets:
+    by_name = {row.name: summary.get(row.key, {}) for row in rows}
+    base = by_name["plain CNN"].get("test_accuracy")
+    cells = []
+    for name in names:
+      entry = by_name.get(name, {}).get("test_accuracy")
+      if base is None or entry is None:
+        cells.append("-")
+        continue
+      cells.append(f"{100 * (entry['mean'] - base['mean']):+.1f} "
+                   f"(spread {100 * (entry['std'] + base['std']):.1f})")
+    lines.append(f"| cluttered_digits/{dataset} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
 def localization_surprises(summary: Mapping[str, Any], rows: Sequence[table.Row]
                            ) -> list[str]:
   """Rows whose attention points at the digit much less often than they classify it."""
@@ -637,6 +659,9 @@ def write_report(out: str, results_md: str, results_dir: str, command: str) -> d
     text += [f"## {title}\n", image_table(summary, rows) + "\n",
              bullets(compare(summary, rows, "test_accuracy", rows[0])
                      + localization_surprises(summary, rows))]
+  text += ["## Does the gap grow with clutter?\n",
+           "Mean gain over the plain CNN of the same table; spread = sum of the two rows' "
+           "seed standard deviations.\n", clutter_gaps(summary)]
   text += ["## digit_bags/16px (multiple-instance learning)\n",
            bag_table(summary, table.BAG_ROWS) + "\n"]
   for size in table.BAG_TRAIN_SIZES:

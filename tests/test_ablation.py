@@ -170,6 +170,19 @@ def test_compare_says_whether_a_difference_exceeds_the_spread():
   assert "one seed so far" in ablation.compare(summary, rows, "test_accuracy", rows[0])[2]
 
 
+def test_clutter_gaps_tabulate_gain_over_the_plain_cnn_per_dataset():
+  entry = lambda mean, std: {"test_accuracy": {"mean": mean, "std": std}}
+  summary = {table.CLUTTERED_ROWS[0].key: entry(0.40, 0.01),
+             next(r for r in table.CLUTTERED_ROWS if r.name == "region MLP").key:
+                 entry(0.55, 0.02),
+             table.HEAVY_ROWS[0].key: entry(0.20, 0.03)}
+  lines = ablation.clutter_gaps(summary).splitlines()
+  assert lines[0] == ("| accuracy gain over plain CNN (points) | CBAM | region MLP | "
+                      "multi-scale |")
+  assert lines[2] == "| cluttered_digits/64 | - | +15.0 (spread 3.0) | - |"
+  assert lines[3] == "| cluttered_digits/64_heavy | - | - | - |"
+
+
 def test_localization_surprises_flag_accurate_models_that_point_elsewhere():
   rows = table.CLUTTERED_ROWS[6:8]
   summary = {rows[0].key: {"test_accuracy": {"mean": 0.9, "std": 0}, "test_pointing_game":

@@ -6,7 +6,8 @@ All take channels-last input and return logits `(..., num_classes)`; call them a
 `model.apply(variables, x, train=...)` (with `mutable=["batch_stats"]` when training a
 model with BatchNorm). Those with an attention map sow it (see
 `regionatt_jax.nn.maps.attention_maps`). The conv layer class is one attribute,
-`conv` (default `flax.linen.Conv`), so a faster drop-in can replace it everywhere.
+`conv`, by default `regionatt_jax.nn.conv.Conv`: `flax.linen.Conv`'s parameters and
+values with a weight gradient ~2x faster on XLA:CPU (`conv=flax.linen.Conv` also works).
 """
 
 import functools
@@ -17,6 +18,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from regionatt_jax import _checks
+from regionatt_jax.nn.conv import Conv
 from regionatt_jax.nn.factory import make_attention
 from regionatt_jax.nn.maps import ATTENTION_MAP
 from regionatt_jax.nn.pooling import AttentionPooling
@@ -76,7 +78,7 @@ class AttentionNet(nn.Module):
   """
   num_classes: int
   features: Sequence[int] = (64, 128)
-  conv: ModuleDef = nn.Conv
+  conv: ModuleDef = Conv
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
@@ -113,7 +115,7 @@ class SmallCNN(nn.Module):
   attention: str | None = None
   attention_kwargs: Mapping[str, Any] | None = None
   batch_norm: bool = True
-  conv: ModuleDef = nn.Conv
+  conv: ModuleDef = Conv
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
@@ -181,7 +183,7 @@ class ResNet(nn.Module):
   stem: str = "small"
   attention: str | None = None
   attention_kwargs: Mapping[str, Any] | None = None
-  conv: ModuleDef = nn.Conv
+  conv: ModuleDef = Conv
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
@@ -245,7 +247,7 @@ class RegionAttentionClassifier(nn.Module):
   attention_kwargs: Mapping[str, Any] | None = None
   head: str | None = "region"
   head_kwargs: Mapping[str, Any] | None = None
-  conv: ModuleDef = nn.Conv
+  conv: ModuleDef = Conv
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
@@ -300,7 +302,7 @@ class MILClassifier(nn.Module):
   embed_dim: int = 64
   pooling: str = "attention"
   hidden: int = 64
-  conv: ModuleDef = nn.Conv
+  conv: ModuleDef = Conv
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 

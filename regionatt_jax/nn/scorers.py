@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from regionatt_jax import _checks
+from regionatt_jax.nn.conv import Conv
 
 Dtype = Any
 ModuleDef = Any
@@ -151,7 +152,7 @@ class ConvScorer(nn.Module):
   """
   features: Sequence[int] = (16, 32)
   kernel_size: int = 3
-  conv: ModuleDef = nn.Conv
+  conv: ModuleDef = Conv
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 

@@ -93,8 +93,12 @@ def run_case(shape, grid, repeats):
   row = {"shape": shape, "grid": grid, "x_MB": x_bytes / 2**20,
          "copy_GBps": copy_bandwidth(x, repeats)}
 
-  for name, form in weighted_sum_forms(grid).items():
+  forms = weighted_sum_forms(grid)
+  expected = forms["einsum"](x, a)
+  for name, form in forms.items():
     jitted = jax.jit(form)
+    np.testing.assert_allclose(jitted(x, a), expected, rtol=1e-4, atol=1e-5,
+                               err_msg=f"weighted-sum form {name} disagrees with einsum")
     row[f"sum_{name}_compile_s"] = compile_seconds(jitted, x, a)
     seconds = median_seconds(jitted, x, a, repeats=repeats)
     row[f"sum_{name}_ms"] = seconds * 1e3

@@ -342,7 +342,7 @@ def save_figure(fig, path: str, *, dpi: int = 80) -> str:
 
 def save_attention_figure(path: str, image, attention, box, title: str,
                           grid: Sequence[int] | None = None) -> str:
-  """`attention_figure` written to `path`; a drop-in for the training job's figures.
+  """`attention_figure` written to `path`: the figures of the main job.
 
   Args:
     path: output PNG path.

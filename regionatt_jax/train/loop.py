@@ -20,9 +20,9 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
+from regionatt_jax import viz
 from regionatt_jax.train import checkpoint as checkpoint_lib
 from regionatt_jax.train import config as config_lib
-from regionatt_jax.train import figures as figures_lib
 from regionatt_jax.train import metrics as metrics_lib
 from regionatt_jax.train import sharding as sharding_lib
 from regionatt_jax.train import state as state_lib
@@ -204,7 +204,7 @@ def save_figures(infer_fn, state, data, spec, config, data_dir: str, mesh,
   paths = []
   for i in range(count):
     title = f"label {int(batch['label'][i])}, predicted {int(np.argmax(logits[i]))}"
-    paths.append(figures_lib.save_attention_figure(
+    paths.append(viz.save_attention_figure(
         os.path.join(directory, f"test_{i:02d}.png"), batch["image"][i],
         None if maps is None else np.asarray(maps[i]),
         batch["box"][i] if "box" in batch else None, title))

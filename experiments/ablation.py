@@ -470,7 +470,8 @@ def compare(summary: Mapping[str, Any], rows: Sequence[table.Row], metric: str,
   if not done:
     return []
   best_row, best = max(done, key=lambda item: item[1][metric]["mean"])
-  lines = [f"- Best {metric.replace('_', ' ')}: **{best_row.name}**, "
+  label = {"test_auc": "test AUC"}.get(metric, metric.replace("_", " "))
+  lines = [f"- Best {label}: **{best_row.name}**, "
            f"{scale * best[metric]['mean']:.{digits}f} ± "
            f"{scale * best[metric]['std']:.{digits}f}."]
   base = summary.get(baseline.key)

@@ -36,6 +36,8 @@ import numpy as np
 from experiments.configs import ablation as table
 
 RESULT_FILE = "result.json"
+LOCK_FILE = "running.pid"
+SKIPPED = 3  # exit status of a worker that found its run taken by another process
 EXAMPLES_FILE = "examples.npz"
 NUM_EXAMPLES = 8
 # glibc otherwise returns big buffers to the OS after every step (see PERF_NOTES.md).
@@ -276,15 +278,67 @@ def steady_throughput(workdir: str, batch_size: int) -> float | None:
   return float(batch_size * steps[1:].sum() / seconds[1:].sum())
 
 
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def claim(workdir: str) -> bool:
+  """Takes the lock of `workdir` for this process; False if a live process holds it.
+
+  Lets several `experiments.ablation` commands share one `--out`: each skips the runs
+  another is training. A lock whose process has died is taken over.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, LOCK_FILE)
+  while True:
+    try:
+      handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+      try:
+        with open(path) as f:
+          holder = int(f.read() or 0)
+      except (OSError, ValueError):
+        holder = 0
+      if holder and holder != os.getpid() and _alive(holder):
+        return False
+      try:
+        os.remove(path)
+      except FileNotFoundError:
+        pass
+      continue
+    with os.fdopen(handle, "w") as f:
+      f.write(str(os.getpid()))
+    return True
+
+
 def run_one(row: table.Row, seed: int, out: str, *, data_dir: str, smoke: bool = False
-            ) -> dict[str, Any]:
-  """Trains and measures one (row, seed); writes and returns its `result.json`."""
-  from regionatt_jax.train import loop  # pylint: disable=g-import-not-at-top
+            ) -> dict[str, Any] | None:
+  """Trains and measures one (row, seed); writes and returns its `result.json`.
+
+  Returns None, doing nothing, when another live process is training this run.
+  """
   workdir = run_dir(out, row, seed)
   path = os.path.join(workdir, RESULT_FILE)
   if os.path.exists(path):
     with open(path) as f:
       return json.load(f)
+  if not claim(workdir):
+    return None
+  try:
+    return _train_and_measure(row, seed, workdir, path, data_dir=data_dir, smoke=smoke)
+  finally:
+    os.remove(os.path.join(workdir, LOCK_FILE))
+
+
+def _train_and_measure(row: table.Row, seed: int, workdir: str, path: str, *, data_dir: str,
+                       smoke: bool) -> dict[str, Any]:
+  from regionatt_jax.train import loop  # pylint: disable=g-import-not-at-top
   config = make_config(row, seed, data_dir=data_dir, smoke=smoke)
   summary = loop.train_and_evaluate(config, workdir)
   state, _ = restore_state(config, workdir)
@@ -326,8 +380,8 @@ def _worker_env(threads: int) -> dict[str, str]:
   return env
 
 
-def _run_subprocess(row: table.Row, seed: int, args) -> bool:
-  """Runs one (row, seed) in a fresh process; True on success."""
+def _run_subprocess(row: table.Row, seed: int, args) -> int:
+  """Runs one (row, seed) in a fresh process; returns its exit status."""
   workdir = run_dir(args.out, row, seed)
   os.makedirs(workdir, exist_ok=True)
   command = [sys.executable, "-m", "experiments.ablation", "--one", row.key,
@@ -338,7 +392,7 @@ def _run_subprocess(row: table.Row, seed: int, args) -> bool:
     process = subprocess.run(
         command, stdout=log, stderr=subprocess.STDOUT, env=_worker_env(args.threads),
         check=False)
-  return process.returncode == 0
+  return process.returncode
 
 
 def run_all(jobs: Sequence[tuple[table.Row, int]], args) -> list[str]:
@@ -355,9 +409,13 @@ def run_all(jobs: Sequence[tuple[table.Row, int]], args) -> list[str]:
   start = time.time()
 
   def job(row_seed):
-    ok = _run_subprocess(*row_seed, args)
     row, seed = row_seed
-    status = "done" if ok else f"FAILED (see {run_dir(args.out, row, seed)}/log.txt)"
+    if os.path.exists(os.path.join(run_dir(args.out, row, seed), RESULT_FILE)):
+      return True  # finished by another command meanwhile
+    status = _run_subprocess(row, seed, args)
+    ok = status in (0, SKIPPED)
+    status = {0: "done", SKIPPED: "skipped (another process is running it)"}.get(
+        status, f"FAILED (see {run_dir(args.out, row, seed)}/log.txt)")
     print(f"[{time.time() - start:7.0f}s] {row.key} seed {seed}: {status}", flush=True)
     return ok
 
@@ -736,9 +794,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   from regionatt_jax.train import loop  # pylint: disable=g-import-not-at-top
   args.data_dir = loop.resolve_data_dir(args.data_dir)
   if args.one:
-    run_one(rows_by_key()[args.one], args.seed, args.out, data_dir=args.data_dir,
-            smoke=args.smoke)
-    return 0
+    result = run_one(rows_by_key()[args.one], args.seed, args.out, data_dir=args.data_dir,
+                     smoke=args.smoke)
+    return SKIPPED if result is None else 0
   command = "python -m experiments.ablation " + " ".join(
       (argv if argv is not None else sys.argv[1:]))
   command_file = os.path.join(args.out, "commands.txt")

@@ -120,6 +120,21 @@ def test_instance_hits_ignore_padding_and_match_loop_reference():
                                 _instance_hits_loop(weights, mask, labels, 9))
 
 
+def test_claim_skips_runs_held_by_live_processes_and_takes_over_dead_ones(tmp_path):
+  lock = tmp_path / ablation.LOCK_FILE
+  lock.write_text(str(os.getppid()))  # a live process other than this one
+  assert not ablation.claim(str(tmp_path))
+  dead = 2 ** 22 + 12345  # above the default pid_max: no such process
+  lock.write_text(str(dead))
+  assert ablation.claim(str(tmp_path))
+  assert lock.read_text() == str(os.getpid())
+  row = table.CLUTTERED_ROWS[0]
+  held = tmp_path / "out" / row.key / "seed_0"
+  held.mkdir(parents=True)
+  (held / ablation.LOCK_FILE).write_text(str(os.getppid()))
+  assert ablation.run_one(row, 0, str(tmp_path / "out"), data_dir="/data") is None
+
+
 def test_steady_throughput_skips_the_compiling_window(tmp_path):
   records = [
       {"step": 10, "split": "train", "step_time_s": 5.0, "loss": 1.0},  # compiles

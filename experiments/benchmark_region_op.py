@@ -97,9 +97,9 @@ def run_case(shape, grid, repeats):
   expected = forms["einsum"](x, a)
   for name, form in forms.items():
     jitted = jax.jit(form)
+    row[f"sum_{name}_compile_s"] = compile_seconds(jitted, x, a)
     np.testing.assert_allclose(jitted(x, a), expected, rtol=1e-4, atol=1e-5,
                                err_msg=f"weighted-sum form {name} disagrees with einsum")
-    row[f"sum_{name}_compile_s"] = compile_seconds(jitted, x, a)
     seconds = median_seconds(jitted, x, a, repeats=repeats)
     row[f"sum_{name}_ms"] = seconds * 1e3
     # One read of x and one write of y.

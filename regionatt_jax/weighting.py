@@ -168,8 +168,44 @@ _normalize, _aggregate = normalize, aggregate
 
 # Up to this many regions the weighted sum is unrolled into one elementwise loop; beyond,
 # the unrolled HLO compiles slowly and runs slower than XLA's reduction (measured by
-# experiments/benchmark_region_op.py: 2-8x faster at N=16, 1.7x at N=64, 2.6x slower at 256).
+# experiments/benchmark_region_op.py: 2x faster at N=16, 1.5x at N=64, 2.6x slower at 256).
 MAX_UNROLLED_REGIONS = 64
+
+
+def _reduced_grid_sum(blocks, weights):
+  """`sum_k a_k R_k` as XLA's reduction over the grid axes of the free reshape.
+
+  Args:
+    blocks: `(..., gh, h, gw, w, C)`, the free reshape of an image.
+    weights: `(..., gh * gw)`.
+
+  Returns:
+    `(..., h, w, C)` in the promoted dtype of `blocks` and `weights`.
+  """
+  gh, gw = blocks.shape[-5], blocks.shape[-3]
+  scale = weights.reshape(weights.shape[:-1] + (gh, 1, gw, 1, 1))
+  return jnp.sum(blocks * scale, axis=(-5, -3))
+
+
+@jax.custom_jvp
+def _unrolled_grid_sum(blocks, weights):
+  """`_reduced_grid_sum` as N multiply-adds, which XLA:CPU fuses into one vectorized loop.
+
+  Its own derivative, transposed for `grad`, would pad every region's gradient to the
+  whole image and add N of them (N passes over `x`); the tangent rule below is the
+  reduction's, whose transpose is one broadcast multiply for the blocks and one
+  reduction for the weights.
+  """
+  gh, gw = blocks.shape[-5], blocks.shape[-3]
+  return sum(blocks[..., i, :, j, :, :] * weights[..., i * gw + j, None, None, None]
+             for i in range(gh) for j in range(gw))
+
+
+@_unrolled_grid_sum.defjvp
+def _unrolled_grid_sum_jvp(primals, tangents):
+  (blocks, weights), (blocks_dot, weights_dot) = primals, tangents
+  return _unrolled_grid_sum(blocks, weights), (
+      _reduced_grid_sum(blocks_dot, weights) + _reduced_grid_sum(blocks, weights_dot))
 
 
 def _weighted_grid_sum(x, weights, layout, mode):
@@ -178,8 +214,6 @@ def _weighted_grid_sum(x, weights, layout, mode):
   Works on the free reshape `(..., gh, h, gw, w, C)` of `x` and never materializes the
   weighted regions or a transposed copy: an einsum over the `(..., N, h, w, C)` regions
   lowers on XLA:CPU to a transpose plus a batched matmul, 10x slower (PERF_NOTES.md).
-  For sum/mean the grid axes are summed as N unrolled multiply-adds, which XLA:CPU fuses
-  into one vectorized loop; its reduction over the strided grid axes runs 2-8x slower.
 
   Args:
     x: `(..., Hp, Wp, C)` image, already padded to `layout.padded`.
@@ -192,15 +226,10 @@ def _weighted_grid_sum(x, weights, layout, mode):
   if mode == "reassemble":
     scale = weights.reshape(weights.shape[:-1] + (gh, 1, gw, 1, 1)).astype(x.dtype)
     return (blocks * scale).reshape(x.shape)[..., :layout.image[0], :layout.image[1], :]
-  acc = _accumulation_dtype(x.dtype)
-  weights = weights.astype(acc)
-  if layout.num_regions <= MAX_UNROLLED_REGIONS:
-    total = sum(blocks[..., i, :, j, :, :].astype(acc)
-                * weights[..., i * gw + j, None, None, None]
-                for i in range(gh) for j in range(gw))
-  else:
-    scale = weights.reshape(weights.shape[:-1] + (gh, 1, gw, 1, 1))
-    total = jnp.sum(blocks * scale, axis=(-5, -3), dtype=acc)
+  grid_sum = (_unrolled_grid_sum if layout.num_regions <= MAX_UNROLLED_REGIONS
+              else _reduced_grid_sum)
+  # float32 weights promote the products and the sum of half-precision images.
+  total = grid_sum(blocks, weights.astype(_accumulation_dtype(x.dtype)))
   if mode == "mean":
     total = total / layout.num_regions
   return total.astype(x.dtype)

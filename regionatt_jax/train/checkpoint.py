@@ -5,19 +5,24 @@ state, step, RNG; sharded arrays written by every host) and `data_iterator` (one
 file per process with that process's `iterator.get_state()`), so a resumed run sees
 exactly the batches the uninterrupted run would have seen. Orbax writes each step into
 a temporary directory and renames it on commit, so a crash never leaves a partial
-checkpoint that `latest_step` would pick.
+checkpoint that `latest_step` would pick. A checkpoint damaged later (truncated or
+corrupted files) is skipped by `restore_newest_readable`, which falls back to the
+previous one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Any, Mapping
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
 STATE = "state"
 DATA_ITERATOR = "data_iterator"
@@ -141,3 +146,83 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_items: Any
       DATA_ITERATOR: IteratorStateRestore(),
   }))
   return restored[STATE], restored[DATA_ITERATOR]
+
+
+def _damage(manager: ocp.CheckpointManager, step: int, abstract_items: Any) -> str | None:
+  """Why checkpoint `step` cannot be restored, or None if it restores.
+
+  Raises:
+    ValueError: the checkpoint is readable but from an incompatible model.
+  """
+  try:
+    if manager.item_metadata(step)[STATE] is None:
+      return "its state metadata is missing or unreadable"
+  except Exception as error:  # pylint: disable=broad-except
+    return f"{type(error).__name__}: {error}"
+  check_compatible(manager, step, abstract_items)
+  return None
+
+
+def restore_newest_readable(manager: ocp.CheckpointManager, abstract_items: Any,
+                            damaged_directory: str
+                            ) -> tuple[int, Any, dict[str, Any]] | None:
+  """Restores the newest checkpoint that reads back whole, skipping damaged ones.
+
+  A checkpoint whose files are truncated, corrupted or missing is reported (a warning
+  naming its step and the error) and the previous one is tried. Damaged checkpoints
+  newer than the one restored are moved into `damaged_directory` (by the main
+  process), byte for byte, so the run can write those steps again; nothing is deleted.
+
+  Args:
+    manager: the run's checkpoint manager.
+    abstract_items: `TrainState.checkpoint_items()` of the abstract state.
+    damaged_directory: where damaged checkpoints are moved.
+
+  Returns:
+    `(step, state items, data iterator state)`, or None when there is no checkpoint.
+
+  Raises:
+    ValueError: a readable checkpoint is from an incompatible model, or no checkpoint
+      can be read (then nothing was moved).
+  """
+  damaged = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    problem = _damage(manager, step, abstract_items)
+    if problem is None:
+      try:
+        items, iterator_state = restore(manager, step, abstract_items)
+      except Exception as error:  # pylint: disable=broad-except
+        problem = f"{type(error).__name__}: {error}"
+    if problem is not None:
+      logging.warning("Checkpoint %d in %s is damaged and is skipped: %s", step,
+                      manager.directory, problem[:500])
+      damaged.append((step, problem))
+      continue
+    _move_aside(manager, [s for s, _ in damaged], damaged_directory)
+    return step, items, iterator_state
+  if damaged:
+    listing = "; ".join(f"checkpoint {s}: {p[:200]}" for s, p in damaged)
+    raise ValueError(
+        f"No checkpoint in {manager.directory} could be read ({listing}). Nothing was "
+        f"changed. Restore them from a backup, or start afresh with a new --workdir (or "
+        f"after moving {manager.directory} aside).")
+  return None
+
+
+def _move_aside(manager: ocp.CheckpointManager, steps: list[int], directory: str) -> None:
+  """Moves checkpoint `steps` into `directory`; the manager forgets them."""
+  if not steps:
+    return
+  if jax.process_index() == 0:
+    os.makedirs(directory, exist_ok=True)
+    for step in steps:
+      target = os.path.join(directory, str(step))
+      suffix = 0
+      while os.path.exists(target):  # a step damaged again in a later run
+        suffix += 1
+        target = os.path.join(directory, f"{step}.{suffix}")
+      os.rename(os.path.join(str(manager.directory), str(step)), target)
+      logging.warning("Moved damaged checkpoint %d to %s.", step, target)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("regionatt_jax: damaged checkpoints moved")
+  manager.reload()

@@ -16,6 +16,7 @@ import ml_collections
 COMPUTE_DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
+NONFINITE_POLICIES = ("stop", "skip")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -53,6 +54,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.keep_best = 1
   config.train.progress_bar = True
   config.train.num_figures = 8
+  # A step whose loss or gradient has a NaN/Inf is never applied. 'stop' then raises
+  # naming the step (the last checkpoint stays the last good one); 'skip' goes on and
+  # counts it (metric `nonfinite`, summary `nonfinite_steps`).
+  config.train.nonfinite = "stop"
 
   config.optim = ml_collections.ConfigDict()
   config.optim.name = "adamw"
@@ -90,6 +95,7 @@ _CHOICES = {
     "train.compute_dtype": COMPUTE_DTYPES,
     "optim.name": OPTIMIZERS,
     "optim.schedule": SCHEDULES,
+    "train.nonfinite": NONFINITE_POLICIES,
 }
 
 

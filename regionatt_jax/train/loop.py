@@ -236,6 +236,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Raises:
     ValueError / TypeError: a bad config (naming the key), or a workdir whose
       checkpoint does not fit this config's model; raised before anything is written.
+      Also a workdir none of whose checkpoints can be read (damaged ones are skipped
+      while an older one reads back; see `checkpoint.restore_newest_readable`).
+    FloatingPointError: a step with a non-finite loss or gradient, when
+      `train.nonfinite` is 'stop'; the message names the step.
   """
   start_time = time.time()
   config_lib.validate_config(config, num_devices=jax.device_count(),
@@ -252,9 +256,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   manager = checkpoint_lib.make_manager(
       os.path.join(os.path.abspath(workdir), "checkpoints"),
       keep_last=config.train.keep_checkpoints, keep_best=config.train.keep_best)
-  start_step = manager.latest_step()
-  if start_step is not None:
-    checkpoint_lib.check_compatible(manager, start_step, abstract.checkpoint_items())
+  restored = checkpoint_lib.restore_newest_readable(
+      manager, abstract.checkpoint_items(),
+      damaged_directory=os.path.join(os.path.abspath(workdir), "damaged_checkpoints"))
 
   _prepare_data(data, spec.name, data_dir)
   is_main = jax.process_index() == 0
@@ -266,13 +270,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_iter = data.make_iterator(
       spec.name, "train", data_dir=data_dir, global_batch_size=config.train.global_batch_size,
       seed=config.seed, shuffle=True, augment=config.dataset.augment)
-  if start_step is None:
+  if restored is None:
     start_step = 0
     state = state_lib.create_train_state(
         config, model, jax.random.PRNGKey(config.seed), input_shape, mesh=mesh)
   else:
-    items, iterator_state = checkpoint_lib.restore(
-        manager, start_step, abstract.checkpoint_items())
+    start_step, items, iterator_state = restored
     state = abstract.replace(**items)
     train_iter.set_state(iterator_state)
 
@@ -322,11 +325,14 @@ def _train(state, train_fn, train_iter, start_step: int, config, mesh, manager, 
   window_start = time.time()
   first_train = last_train = val = None
   steady_start, steady_steps, pause_seconds = None, 0, 0.0
+  nonfinite_steps = 0
   for step in range(start_step, total):
     batch = sharding_lib.global_batch(_as_model_batch(next(train_iter)), mesh)
     state, step_metrics = train_fn(state, batch)
     window.append(step_metrics)
     done = step + 1
+    if config.train.nonfinite == "stop" and float(step_metrics["nonfinite"]):
+      raise FloatingPointError(_nonfinite_message(done, step_metrics, manager))
     if steady_start is None:
       jax.block_until_ready(step_metrics)
       steady_start = time.time()
@@ -340,6 +346,7 @@ def _train(state, train_fn, train_iter, start_step: int, config, mesh, manager, 
       means.update(step_time_s=elapsed / len(window),
                    images_per_sec=batch_size * len(window) / elapsed)
       writer.write(done, "train", means)
+      nonfinite_steps += round(means["nonfinite"] * len(window))
       first_train = first_train or means
       last_train = means
       progress.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['accuracy']:.3f}")
@@ -359,5 +366,19 @@ def _train(state, train_fn, train_iter, start_step: int, config, mesh, manager, 
       "first_train_loss": first_train["loss"] if first_train else None,
       "final_train_loss": last_train["loss"] if last_train else None,
       "final_val_accuracy": val["accuracy"] if val else None,
+      "nonfinite_steps": nonfinite_steps,
       "train_images_per_sec": batch_size * steady_steps / train_seconds if steady_steps else None,
   }
+
+
+def _nonfinite_message(step: int, step_metrics: Mapping[str, jax.Array], manager) -> str:
+  """Why the run stops at `step`, where its last good checkpoint is, and what to do."""
+  manager.wait_until_finished()  # A save in flight is of an earlier, finite step.
+  last = manager.latest_step()
+  where = (f"The last checkpoint, step {last} in {manager.directory}, holds finite values "
+           f"and a restart resumes from it." if last is not None else "No checkpoint was "
+           f"written yet.")
+  return (f"Non-finite loss or gradient at step {step} (loss {float(step_metrics['loss'])}, "
+          f"gradient norm {float(step_metrics['grad_norm'])}); its update was not applied "
+          f"and train.nonfinite='stop' ends the run. {where} Check the input data and the "
+          f"learning rate, or set train.nonfinite='skip' to skip such steps and count them.")

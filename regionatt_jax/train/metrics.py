@@ -80,6 +80,10 @@ class MetricWriter:
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
-  """The records of a `metrics.jsonl` file, in order."""
+  """The records of a `metrics.jsonl` file, in order.
+
+  A last line without its newline is a write cut short by a kill; it is left out.
+  """
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    complete_lines = f.read().split("\n")[:-1]
+  return [json.loads(line) for line in complete_lines if line.strip()]

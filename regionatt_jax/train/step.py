@@ -44,7 +44,9 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, j
 
   Returns:
     The new state and scalar metrics `loss`, `accuracy`, `grad_norm`, `learning_rate`
-    of this batch (means over the global batch).
+    of this batch (means over the global batch) and `nonfinite` (1.0 when the loss or
+    a gradient has a NaN/Inf: then params, batch stats and optimizer state are left as
+    they were, and only `step` advances).
   """
   step_rng = jax.random.fold_in(state.rng, state.step)
 
@@ -58,16 +60,24 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, j
     return loss, (logits, updates)
 
   (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grad_norm = optax.global_norm(grads)
+  # The norm is NaN/Inf iff some gradient is (or their squares overflow float32).
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  keep_old_unless_finite = lambda new, old: jax.tree.map(
+      lambda n, o: jnp.where(finite, n, o), new, old)
   param_updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(
       step=state.step + 1,
-      params=optax.apply_updates(state.params, param_updates),
-      batch_stats=updates.get("batch_stats", state.batch_stats),
-      opt_state=opt_state)
+      params=keep_old_unless_finite(optax.apply_updates(state.params, param_updates),
+                                    state.params),
+      batch_stats=keep_old_unless_finite(updates.get("batch_stats", state.batch_stats),
+                                         state.batch_stats),
+      opt_state=keep_old_unless_finite(opt_state, state.opt_state))
   metrics = dict(
       loss=loss,
       accuracy=jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-      grad_norm=optax.global_norm(grads),
+      grad_norm=grad_norm,
+      nonfinite=1.0 - finite.astype(jnp.float32),
       learning_rate=jnp.asarray(state.learning_rate(state.step), jnp.float32))
   return new_state, metrics
 

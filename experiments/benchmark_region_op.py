@@ -4,7 +4,8 @@ Times, for each size: the weighted sum alone in three forms (the library's, XLA'
 over the grid axes of the free reshape, and an einsum over transposed regions), and
 `region_attention` with an MLP scorer on region means, forward and forward+backward.
 Prints median milliseconds, compile seconds and GB/s set against the copy bandwidth
-(read + write) measured on the same arrays in the same run.
+(read + write) and the read-only bandwidth measured on the same arrays in the same run:
+the weighted sum reads x and writes 1/N of it, so reading bounds it.
 
   GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296 \
     python -m experiments.benchmark_region_op            # full sizes (~1 min)
@@ -56,6 +57,12 @@ def copy_bandwidth(x, repeats):
   return 2 * x.nbytes / float(np.median(times[1:])) / 1e9
 
 
+def read_bandwidth(x, repeats):
+  """Read-only GB/s: a sum of `x` to one number reads it once and writes nothing."""
+  total = jax.jit(jnp.sum)
+  return x.nbytes / median_seconds(total, x, repeats=repeats) / 1e9
+
+
 def mlp_scorer(params):
   """Score regions by a 2-layer MLP on their channel means: `(..., N, h, w, C) -> (..., N)`."""
   def score_fn(regions):
@@ -91,7 +98,7 @@ def run_case(shape, grid, repeats):
   x_bytes = x.nbytes
   y_bytes = x_bytes // n
   row = {"shape": shape, "grid": grid, "x_MB": x_bytes / 2**20,
-         "copy_GBps": copy_bandwidth(x, repeats)}
+         "copy_GBps": copy_bandwidth(x, repeats), "read_GBps": read_bandwidth(x, repeats)}
 
   forms = weighted_sum_forms(grid)
   expected = forms["einsum"](x, a)
@@ -124,17 +131,19 @@ def run_case(shape, grid, repeats):
 
 
 def format_row(row):
-  copy = row["copy_GBps"]
+  copy, read = row["copy_GBps"], row["read_GBps"]
   lines = [f"x {row['shape']} ({row['x_MB']:.0f} MB), grid {row['grid']}: "
-           f"copy bandwidth (read+write) {copy:.1f} GB/s"]
+           f"copy bandwidth (read+write) {copy:.1f} GB/s, read-only {read:.1f} GB/s"]
   for name in ("library", "reduce", "einsum"):
     lines.append(
         f"  weighted sum, {name:8s} {row[f'sum_{name}_ms']:8.2f} ms  "
-        f"{row[f'sum_{name}_GBps']:6.1f} GB/s = {row[f'sum_{name}_GBps'] / copy:5.0%} of copy"
+        f"{row[f'sum_{name}_GBps']:6.1f} GB/s = {row[f'sum_{name}_GBps'] / copy:4.0%} of copy, "
+        f"{row[f'sum_{name}_GBps'] / read:4.0%} of read"
         f"  (compile {row[f'sum_{name}_compile_s']:.2f} s)")
   lines.append(
       f"  region_attention fwd   {row['op_fwd_ms']:8.2f} ms  {row['op_fwd_GBps']:6.1f} GB/s "
-      f"= {row['op_fwd_GBps'] / copy:5.0%} of copy (compile {row['op_fwd_compile_s']:.2f} s)")
+      f"= {row['op_fwd_GBps'] / copy:4.0%} of copy, {row['op_fwd_GBps'] / read:4.0%} of read "
+      f"(compile {row['op_fwd_compile_s']:.2f} s)")
   lines.append(
       f"  region_attention fwd+bwd {row['op_fwd_bwd_ms']:6.2f} ms "
       f"({row['op_fwd_bwd_ms'] / row['op_fwd_ms']:.1f}x fwd; compile "

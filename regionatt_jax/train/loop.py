@@ -338,8 +338,15 @@ def _train(state, train_fn, train_iter, start_step: int, config, mesh, manager, 
       steady_start = time.time()
     else:
       steady_steps += 1
+    logs_now = done % config.train.log_every == 0 or done == total
+    evaluated_now = done % config.train.eval_every == 0 or done == total
+    saves_now = done % config.train.checkpoint_every == 0 or done == total
+    if logs_now or evaluated_now or saves_now:
+      # Steps run ahead asynchronously: wait for them here, so that their time counts as
+      # training and not as the pause for logging, evaluation and checkpoints.
+      jax.block_until_ready(step_metrics)
     pause_start = time.time()
-    if done % config.train.log_every == 0 or done == total:
+    if logs_now:
       means = {k: float(v) for k, v in jax.device_get(
           jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *window)).items()}
       elapsed = time.time() - window_start
@@ -351,11 +358,10 @@ def _train(state, train_fn, train_iter, start_step: int, config, mesh, manager, 
       last_train = means
       progress.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['accuracy']:.3f}")
       window, window_start = [], time.time()
-    evaluated_now = done % config.train.eval_every == 0 or done == total
     if evaluated_now:
       val = evaluate_val(state)
       writer.write(done, "val", val)
-    if done % config.train.checkpoint_every == 0 or done == total:
+    if saves_now:
       checkpoint_lib.save(manager, done, state.checkpoint_items(), train_iter.get_state(),
                           val["accuracy"] if evaluated_now else None)
     pause_seconds += time.time() - pause_start

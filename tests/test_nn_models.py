@@ -186,6 +186,26 @@ def test_make_attention_builds_each_kind():
   assert rn.make_attention("cbam", reduction=8).reduction == 8
 
 
+@pytest.mark.parametrize("name", sorted(rn.SCORERS))
+def test_scorer_by_name_equals_the_scorer_passed_explicitly(name):
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 4))
+  by_name = rn.make_attention("region", grid=(2, 2), scorer=name)
+  explicit = rn.RegionAttention(grid=(2, 2), scorer=rn.SCORERS[name]())
+  variables = explicit.init(jax.random.key(0), x, False)
+  np.testing.assert_array_equal(by_name.apply(variables, x, False),
+                                explicit.apply(variables, x, False))
+  # Chosen by name inside a classifier, the scorer's parameters sit under the head.
+  classifier = rn.RegionAttentionClassifier(3, backbone_kwargs={"features": (4,)},
+                                            head_kwargs={"grid": (2, 2), "scorer": name})
+  params = jax.eval_shape(functools.partial(classifier.init, train=False),
+                          jax.random.key(0), x[..., :1])["params"]
+  assert set(params["head"]) == {"scorer"} and not any("Scorer" in k for k in params)
+  multi = rn.make_attention("multiscale", grids=((2, 2),), scorer=name)
+  assert multi.scorer is rn.SCORERS[name]
+  with pytest.raises(ValueError, match="unknown scorer 'lstm'.*'recurrent'"):
+    rn.make_attention("region", scorer="lstm")
+
+
 @pytest.mark.parametrize("backbone,torchvision_count", [("resnet18", 11_689_512),
                                                         ("resnet34", 21_797_672)])
 def test_resnet_parameter_counts_equal_torchvision(backbone, torchvision_count):

@@ -14,6 +14,7 @@ from regionatt_jax.nn.channel import SpatialAttention
 from regionatt_jax.nn.channel import SqueezeExcite
 from regionatt_jax.nn.factory import ATTENTIONS
 from regionatt_jax.nn.factory import make_attention
+from regionatt_jax.nn.factory import SCORERS
 from regionatt_jax.nn.maps import ATTENTION_MAP
 from regionatt_jax.nn.maps import attention_maps
 from regionatt_jax.nn.maps import INSTANCE_WEIGHTS
@@ -44,7 +45,8 @@ __all__ = [
     "BACKBONES", "CBAM", "ConvScorer", "CoordinateAttention", "EfficientChannelAttention",
     "GatedScorer", "INSTANCE_WEIGHTS", "MILClassifier", "MLPScorer",
     "MultiScaleRegionAttention", "REGION_WEIGHTS", "RecurrentScorer", "RegionAttention",
-    "RegionAttentionClassifier", "ResNet", "ResNet18", "ResNet34", "SelfAttentionScorer",
+    "RegionAttentionClassifier", "ResNet", "ResNet18", "ResNet34", "SCORERS",
+    "SelfAttentionScorer",
     "SmallCNN", "SpatialAttention", "SqueezeExcite", "attention_maps", "eca_kernel_size",
     "instance_weights", "make_attention", "pool_regions", "topmost",
 ]

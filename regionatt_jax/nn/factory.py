@@ -2,6 +2,7 @@
 
     make_attention("cbam", reduction=8)          # -> CBAM(reduction=8)
     make_attention("region", grid=(4, 4))        # -> RegionAttention(grid=(4, 4))
+    make_attention("region", scorer="conv")      # -> RegionAttention(scorer=ConvScorer())
     make_attention(None)                         # -> None (no attention)
 
 Every module returned is called as `module(x, train)` on a `(..., H, W, C)` feature map.
@@ -14,6 +15,8 @@ import flax.linen as nn
 from regionatt_jax.nn.channel import (CBAM, CoordinateAttention, EfficientChannelAttention,
                                       SpatialAttention, SqueezeExcite)
 from regionatt_jax.nn.region import MultiScaleRegionAttention, RegionAttention
+from regionatt_jax.nn.scorers import (ConvScorer, GatedScorer, MLPScorer, RecurrentScorer,
+                                      SelfAttentionScorer)
 
 ATTENTIONS: Mapping[str, type[nn.Module]] = {
     "se": SqueezeExcite,
@@ -25,6 +28,36 @@ ATTENTIONS: Mapping[str, type[nn.Module]] = {
     "multiscale": MultiScaleRegionAttention,
 }
 
+#: Scorers by name, so that a JSON-able config can choose one (`scorer="gated"`).
+SCORERS: Mapping[str, type[nn.Module]] = {
+    "conv": ConvScorer,
+    "mlp": MLPScorer,
+    "gated": GatedScorer,
+    "recurrent": RecurrentScorer,
+    "self_attention": SelfAttentionScorer,
+}
+
+
+def _scorer_by_name(kind: str, kwargs: dict) -> dict:
+  """Replaces a scorer name in `kwargs` by what `kind` takes: `RegionAttention` an
+  instance (built with the module's dtypes), `MultiScaleRegionAttention` a class.
+
+  The instance is made with `parent=None`: built inside a parent's compact method it
+  would otherwise belong to that parent, and its parameters would sit beside the
+  attention module instead of under it as "scorer".
+  """
+  name = kwargs.get("scorer")
+  if kind not in ("region", "multiscale") or not isinstance(name, str):
+    return kwargs
+  if name not in SCORERS:
+    raise ValueError(f"make_attention: unknown scorer {name!r} for {kind!r}; need one of "
+                     f"{sorted(SCORERS)}, a scorer class (multiscale) or instance (region)")
+  scorer = SCORERS[name]
+  if kind == "region":
+    dtypes = {k: kwargs[k] for k in ("dtype", "param_dtype") if k in kwargs}
+    scorer = scorer(parent=None, **dtypes)
+  return {**kwargs, "scorer": scorer}
+
 
 def make_attention(kind: str | None, /, **kwargs) -> nn.Module | None:
   """Builds the attention module called `kind`.
@@ -34,12 +67,13 @@ def make_attention(kind: str | None, /, **kwargs) -> nn.Module | None:
       "multiscale"), or None / "none" for no attention.
     **kwargs: attributes of that module (e.g. `reduction=16`, `grid=(4, 4)`, `name=...`);
       ignored for None, so callers can pass shared options such as `dtype` uniformly.
+      For "region" and "multiscale", `scorer` may be a key of `SCORERS`.
 
   Returns:
     The unbound module, or None.
 
   Raises:
-    ValueError: unknown `kind`.
+    ValueError: unknown `kind` or scorer name.
     TypeError: a keyword the module does not have.
   """
   if kind is None or kind == "none":
@@ -49,6 +83,7 @@ def make_attention(kind: str | None, /, **kwargs) -> nn.Module | None:
         f"make_attention: unknown attention kind {kind!r}; need one of "
         f"{sorted(ATTENTIONS)} or None")
   module = ATTENTIONS[kind]
+  kwargs = _scorer_by_name(kind, kwargs)
   try:
     return module(**kwargs)
   except TypeError as error:

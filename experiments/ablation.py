@@ -37,6 +37,7 @@ from experiments.configs import ablation as table
 
 RESULT_FILE = "result.json"
 LOCK_FILE = "running.pid"
+SESSIONS_FILE = "sessions.jsonl"  # one line per training command: start, minutes, runs
 SKIPPED = 3  # exit status of a worker that found its run taken by another process
 EXAMPLES_FILE = "examples.npz"
 NUM_EXAMPLES = 8
@@ -552,12 +553,10 @@ def compare(summary: Mapping[str, Any], rows: Sequence[table.Row], metric: str,
 
 def clutter_gaps(summary: Mapping[str, Any]) -> str:
   """A table of each attention row's accuracy gain over the plain CNN, per dataset."""
-  datasets = (("64", table.CLUTTERED_ROWS), ("64_heavy", table.HEAVY_ROWS),
-              ("128_heavy", table.LARGE_ROWS))
   names = [row.name for row in table.HEAVY_ROWS[1:]]
   lines = ["| accuracy gain over plain CNN (points) | " + " | ".join(names) + " |",
            "|---|" + "---|" * len(names)]
-  for dataset, rows in datasets:
+  for name_of_table, _, rows in table.IMAGE_TABLES:
     by_name = {row.name: summary.get(row.key, {}) for row in rows}
     base = by_name["plain CNN"].get("test_accuracy")
     cells = []
@@ -568,7 +567,8 @@ def clutter_gaps(summary: Mapping[str, Any]) -> str:
         continue
       cells.append(f"{100 * (entry['mean'] - base['mean']):+.1f} "
                    f"(spread {100 * (entry['std'] + base['std']):.1f})")
-    lines.append(f"| cluttered_digits/{dataset} | " + " | ".join(cells) + " |")
+    lines.append(f"| {table.TABLES[name_of_table]['dataset.name']} | " + " | ".join(cells)
+                 + " |")
   return "\n".join(lines) + "\n"
 
 
@@ -604,12 +604,9 @@ def make_figures(out: str, summary: Mapping[str, Any], results_dir: str) -> list
   def save(fig, name: str, caption: str):
     figures.append((caption, viz.save_figure(fig, os.path.join(results_dir, name))))
 
-  for rows, name, title in ((table.CLUTTERED_ROWS, "cluttered_accuracy.png",
-                             "cluttered_digits/64"),
-                            (table.HEAVY_ROWS, "heavy_accuracy.png",
-                             "cluttered_digits/64_heavy"),
-                            (table.LARGE_ROWS, "large_accuracy.png",
-                             "cluttered_digits/128_heavy")):
+  for name_of_table, _, rows in table.IMAGE_TABLES:
+    name = f"{name_of_table}_accuracy.png"
+    title = table.TABLES[name_of_table]["dataset.name"]
     done = [row for row in rows if "test_accuracy" in summary.get(row.key, {})]
     if done:
       save(viz.bar_chart([row.name for row in done],
@@ -673,6 +670,18 @@ def environment() -> dict[str, str]:
           "machine": cpu, "platform": platform.platform()}
 
 
+def _session_text(out: str) -> str:
+  """How long the commands that trained the runs took (from `<out>/sessions.jsonl`)."""
+  path = os.path.join(out, SESSIONS_FILE)
+  if not os.path.exists(path):
+    return ""
+  with open(path) as f:
+    sessions = [json.loads(line) for line in f if line.strip()]
+  return "Wall clock of the training command: " + ", then ".join(
+      f"{s['minutes']:.1f} min ({s['runs']} runs, {s['workers']} workers, started "
+      f"{s['started']} UTC)" for s in sessions) + ". "
+
+
 def write_report(out: str, results_md: str, results_dir: str, command: str) -> dict:
   """Collects the finished runs and writes RESULTS.md, figures and metrics.json."""
   results = collect(out, table.ROWS + table.REAL_ROWS, table.SEEDS)
@@ -696,11 +705,12 @@ def write_report(out: str, results_md: str, results_dir: str, command: str) -> d
       f"from {len(results)} finished runs (seeds {list(table.SEEDS)}; the table and every "
       "setting are in `experiments/configs/ablation.py`). Environment: " +
       ", ".join(f"{k} {v}" for k, v in env.items()) + ".\n",
-      "Each run trains with `regionatt_jax.train.loop.train_and_evaluate` (AdamW, cosine "
-      "schedule, batch 32; bags: batch 16) for "
-      f"{steps['cluttered']} steps (cluttered), {steps['large']} (large canvas), "
-      f"{steps['bags']} (bags); these are short runs sized to fit about an hour on 2 CPU "
-      "cores, so the numbers rank methods early in training rather than at convergence. "
+      "Each run trains with `regionatt_jax.train.loop.train_and_evaluate` (AdamW, warmup "
+      "and cosine schedule, gradient clipping; batch 32, bags: batch 16) for "
+      f"{steps['cluttered']} steps (each image table) and {steps['bags']} (bags); these "
+      "are short runs sized to fit about an hour on 2 CPU cores, so the numbers rank "
+      "methods early in training rather than at convergence. "
+      f"{_session_text(out)}"
       "Mean ± sample std over seeds. Pointing game: the centre of the attention map's "
       "maximum lies inside the digit's box (models without a spatial map: -). Train "
       "images/s: steady state after compilation, one XLA thread per run, with another "
@@ -710,11 +720,7 @@ def write_report(out: str, results_md: str, results_dir: str, command: str) -> d
   if notes:
     text += ["## Summary\n", notes.strip() + "\n"]
   bullets = lambda lines: "\n".join(lines) + "\n"
-  for title, rows in (("cluttered_digits/64", table.CLUTTERED_ROWS),
-                      ("More clutter, same canvas: cluttered_digits/64_heavy",
-                       table.HEAVY_ROWS),
-                      ("Larger canvas and more clutter: cluttered_digits/128_heavy",
-                       table.LARGE_ROWS)):
+  for _, title, rows in table.IMAGE_TABLES:
     text += [f"## {title}\n", image_table(summary, rows) + "\n",
              bullets(compare(summary, rows, "test_accuracy", rows[0])
                      + localization_surprises(summary, rows))]
@@ -808,8 +814,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds = table.SEEDS[:1] if args.smoke else table.SEEDS
     # Seed-major order: an interrupted run still has every row with some seeds.
     jobs = [(row, seed) for seed in seeds for row in rows]
+    started = datetime.datetime.now(datetime.timezone.utc)
     prepare_datasets(rows, args.data_dir, args.smoke)
     failed = run_all(jobs, args)
+    with open(os.path.join(args.out, SESSIONS_FILE), "a") as f:
+      f.write(json.dumps({
+          "command": command, "started": f"{started:%Y-%m-%d %H:%M}",
+          "minutes": (datetime.datetime.now(datetime.timezone.utc)
+                      - started).total_seconds() / 60,
+          "runs": len(jobs), "workers": args.workers}) + "\n")
     if failed:
       print(f"failed runs: {failed}", flush=True)
       return 1

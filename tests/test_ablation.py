@@ -86,17 +86,17 @@ def test_every_model_initializes_abstractly():
     assert "params" in variables, row.key
 
 
-def test_region_rows_use_a_single_4x4_grid_equal_to_region_attention():
-  """The one-grid coarse_to_fine head is RegionAttention(grid=(4, 4)) with its scorer."""
-  from regionatt_jax import nn as ra_nn
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
-  head = ra_nn.MultiScaleRegionAttention(grids=((4, 4),), mode="coarse_to_fine",
-                                         scorer=ra_nn.MLPScorer)
-  params = head.init(jax.random.PRNGKey(1), x)
-  region = ra_nn.RegionAttention(grid=(4, 4), scorer=ra_nn.MLPScorer())
-  scorer_params = {"params": {"scorer": params["params"]["scorer_0"]}}
-  np.testing.assert_allclose(head.apply(params, x), region.apply(scorer_params, x),
-                             rtol=1e-5, atol=1e-6)
+def test_image_rows_of_a_table_differ_only_in_their_attention():
+  """Every row but the seed's AttentionNet shares its table's backbone and optimizer."""
+  for _, _, rows in table.IMAGE_TABLES:
+    configs = [ablation.make_config(row, 0, data_dir="/data") for row in rows
+               if row.family != "seed"]
+    backbones = {str(c.model.kwargs.get("backbone_kwargs")) for c in configs}
+    optimizers = {str(c.optim) for c in configs}
+    assert len(backbones) == 1 and len(optimizers) == 1, rows[0].table
+    heads = {(c.model.kwargs.get("head"), str(c.model.kwargs.get("head_kwargs")),
+              c.model.kwargs.get("attention")) for c in configs}
+    assert len(heads) == len(configs)  # ... and no two rows are the same model
 
 
 def _instance_hits_loop(weights, mask, labels, target):

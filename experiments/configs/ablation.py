@@ -24,53 +24,58 @@ Tables:
              multi-scale region attention.
   heavy      `cluttered_digits/64_heavy` (same canvas, 16-24 fragments of 10x10): plain
              CNN, CBAM, region and multi-scale heads, to see the gap grow with clutter.
-  large      `cluttered_digits/128_heavy` (4x the pixels, 40-56 fragments): a
-             half-width backbone without attention, with CBAM, region and multi-scale
-             heads.
+  large      `cluttered_digits/128` (4x the pixels, the same clutter density, so the
+             digit is a 4x smaller share of the image): plain CNN, CBAM, region and
+             multi-scale heads on a five-stage backbone.
   bags       `digit_bags/16px` (multiple-instance learning, after Ilse et al., 2018):
              attention / gated attention / mean / max pooling, each at several
              training-set sizes (`BAG_TRAIN_SIZES`).
 
-Region rows use a `MultiScaleRegionAttention` head with the single grid 4x4 in
-"coarse_to_fine" mode: that is exactly `RegionAttention(grid=(4, 4))` (softmax over the
-16 regions, weighted sum), but it takes the scorer as a class, which a JSON-able config
-can carry; `RegionAttention` takes a scorer instance, which a config cannot.
+Every image row shares the README's default backbone (`experiments/configs/default.py`:
+a four-stage SmallCNN 16-32-64-64 whose 8x8 output sees a whole digit) and its optimizer;
+the rows differ only in the attention they add. The 128x128 canvas gets a fifth stage
+(16-16-32-64-64), so its head again sees an 8x8 map.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
-
-from regionatt_jax import nn as ra_nn
+from typing import Any, Mapping, Sequence
 
 SEEDS = (0, 1, 2)
 
 #: Training-set sizes (bags) of the bag table; Ilse et al. used 50 to 500.
 BAG_TRAIN_SIZES = (50, 150, 500)
 
-#: Keys every run shares: evaluate and checkpoint once, at the end; no progress bar;
-#: the figures come from `experiments.ablation`, not from the training job.
+#: Training steps of the image tables (batch 32) and of the bag table (batch 16).
+STEPS = 350
+BAG_STEPS = 600
+
+#: Keys every run shares (the optimizer of `experiments/configs/default.py`): evaluate
+#: and checkpoint once, at the end; no progress bar; the figures come from
+#: `experiments.ablation`, not from the training job.
 COMMON: Mapping[str, Any] = {
     "train.global_batch_size": 32,
     "train.eval_batch_size": 250,
-    "train.log_every": 10,
+    "train.log_every": 25,
     "train.keep_checkpoints": 1,
     "train.keep_best": 0,
     "train.progress_bar": False,
     "train.num_figures": 0,
-    "optim.learning_rate": 1e-3,
-    "optim.warmup_steps": 20,
+    "optim.learning_rate": 3e-3,
+    "optim.warmup_steps": 30,
+    "optim.weight_decay": 1e-4,
+    "optim.clip_norm": 1.0,
 }
 
 #: Per table: dataset and length of training. Steps were chosen so that the whole
-#: table fits in about an hour on 2 cores (see RESULTS.md for the measured costs).
+#: table fits in about an hour on 2 idle cores (RESULTS.md gives the measured costs).
 TABLES: Mapping[str, Mapping[str, Any]] = {
-    "cluttered": {"dataset.name": "cluttered_digits/64", "train.steps": 150},
-    "heavy": {"dataset.name": "cluttered_digits/64_heavy", "train.steps": 150},
-    "large": {"dataset.name": "cluttered_digits/128_heavy", "train.steps": 150},
-    "bags": {"dataset.name": "digit_bags/16px", "train.steps": 250,
-             "train.global_batch_size": 16, "optim.learning_rate": 5e-4,
+    "cluttered": {"dataset.name": "cluttered_digits/64", "train.steps": STEPS},
+    "heavy": {"dataset.name": "cluttered_digits/64_heavy", "train.steps": STEPS},
+    "large": {"dataset.name": "cluttered_digits/128", "train.steps": STEPS},
+    "bags": {"dataset.name": "digit_bags/16px", "train.steps": BAG_STEPS,
+             "train.global_batch_size": 16, "optim.learning_rate": 1e-3,
              "model.name": "MILClassifier"},
 }
 
@@ -78,7 +83,8 @@ TABLES: Mapping[str, Mapping[str, Any]] = {
 SMOKE: Mapping[str, Mapping[str, Any]] = {
     "cluttered": {"dataset.name": "cluttered_digits/tiny"},
     "heavy": {"dataset.name": "cluttered_digits/tiny"},
-    "large": {"dataset.name": "cluttered_digits/tiny"},
+    # Five stages need a canvas of at least 64 for the 4x4 grid (tiny is 32x32).
+    "large": {"dataset.name": "cluttered_digits/64_clean"},
     "bags": {"dataset.name": "digit_bags/tiny"},
 }
 SMOKE_COMMON: Mapping[str, Any] = {
@@ -118,10 +124,10 @@ def _classifier(**kwargs) -> dict[str, Any]:
   return {"model.name": "RegionAttentionClassifier", "model.kwargs": kwargs}
 
 
-def _region_head(scorer: type, **kwargs) -> dict[str, Any]:
-  """A 4x4 region-attention head with `scorer` (see the module docstring)."""
-  return _classifier(head="multiscale", head_kwargs={
-      "grids": ((4, 4),), "mode": "coarse_to_fine", "scorer": scorer}, **kwargs)
+def _region_head(scorer: str, **kwargs) -> dict[str, Any]:
+  """A 4x4 region-attention head (softmax over 16 regions, weighted sum) with `scorer`."""
+  return _classifier(head="region", head_kwargs={"grid": (4, 4), "scorer": scorer},
+                     **kwargs)
 
 
 def _multiscale(**kwargs) -> dict[str, Any]:
@@ -129,43 +135,48 @@ def _multiscale(**kwargs) -> dict[str, Any]:
       "grids": ((1, 1), (2, 2), (4, 4)), "mode": "coarse_to_fine"}, **kwargs)
 
 
-#: The large canvas has 4x the pixels: half-width stages keep a step's cost near a
-#: 64x64 step of the full-width backbone (1.4 s at full width here, too slow for the hour).
-_NARROW = {"backbone_kwargs": {"features": (16, 32, 64)}}
+#: The default backbone (64x64 canvas) and its five-stage form for the 128x128 canvas.
+_FOUR_STAGES = {"backbone_kwargs": {"features": (16, 32, 64, 64)}}
+_FIVE_STAGES = {"backbone_kwargs": {"features": (16, 16, 32, 64, 64)}}
 
-CLUTTERED_ROWS = (
-    Row("plain CNN", "cluttered", "none", _classifier(head=None)),
-    # Half the published widths (64, 128): at full width one step costs 9x a SmallCNN
-    # step on this CPU (2.7 s at batch 32), which the hour cannot hold for 3 seeds.
-    Row("AttentionNet", "cluttered", "seed",
-        {"model.name": "AttentionNet", "model.kwargs": {"features": (32, 64)}}),
-    Row("SE", "cluttered", "channel", _classifier(head=None, attention="se")),
-    Row("ECA", "cluttered", "channel", _classifier(head=None, attention="eca")),
-    Row("CBAM", "cluttered", "spatial", _classifier(head=None, attention="cbam")),
-    Row("coordinate", "cluttered", "channel", _classifier(head=None, attention="coordinate")),
-    Row("region conv", "cluttered", "region", _region_head(ra_nn.ConvScorer), grid=(4, 4)),
-    Row("region MLP", "cluttered", "region", _region_head(ra_nn.MLPScorer), grid=(4, 4)),
-    Row("region gated", "cluttered", "region", _region_head(ra_nn.GatedScorer), grid=(4, 4)),
-    Row("region recurrent", "cluttered", "region", _region_head(ra_nn.RecurrentScorer),
-        grid=(4, 4)),
-    Row("region self-attention", "cluttered", "region",
-        _region_head(ra_nn.SelfAttentionScorer), grid=(4, 4)),
-    Row("multi-scale", "cluttered", "multiscale", _multiscale(), grid=(4, 4)),
-)
 
-HEAVY_ROWS = (
-    Row("plain CNN", "heavy", "none", _classifier(head=None)),
-    Row("CBAM", "heavy", "spatial", _classifier(head=None, attention="cbam")),
-    Row("region MLP", "heavy", "region", _region_head(ra_nn.MLPScorer), grid=(4, 4)),
-    Row("multi-scale", "heavy", "multiscale", _multiscale(), grid=(4, 4)),
-)
+def _image_rows(table: str, stages: Mapping[str, Any], names: Sequence[str]) -> tuple[Row, ...]:
+  """The rows called `names` of one image table, on the backbone `stages`."""
+  rows = (
+      Row("plain CNN", table, "none", _classifier(head=None, **stages)),
+      # Half the published widths (64, 128): at full width one step costs ~9x a SmallCNN
+      # step on this CPU, which the hour cannot hold for 3 seeds.
+      Row("AttentionNet", table, "seed",
+          {"model.name": "AttentionNet", "model.kwargs": {"features": (32, 64)}}),
+      Row("SE", table, "channel", _classifier(head=None, attention="se", **stages)),
+      Row("ECA", table, "channel", _classifier(head=None, attention="eca", **stages)),
+      Row("CBAM", table, "spatial", _classifier(head=None, attention="cbam", **stages)),
+      Row("coordinate", table, "channel",
+          _classifier(head=None, attention="coordinate", **stages)),
+      *(Row(f"region {label}", table, "region", _region_head(scorer, **stages), grid=(4, 4))
+        for scorer, label in (("conv", "conv"), ("mlp", "MLP"), ("gated", "gated"),
+                              ("recurrent", "recurrent"),
+                              ("self_attention", "self-attention"))),
+      Row("multi-scale", table, "multiscale", _multiscale(**stages), grid=(4, 4)),
+  )
+  by_name = {row.name: row for row in rows}
+  return tuple(by_name[name] for name in names)
 
-LARGE_ROWS = (
-    Row("plain CNN", "large", "none", _classifier(head=None, **_NARROW)),
-    Row("CBAM", "large", "spatial", _classifier(head=None, attention="cbam", **_NARROW)),
-    Row("region MLP", "large", "region", _region_head(ra_nn.MLPScorer, **_NARROW),
-        grid=(4, 4)),
-    Row("multi-scale", "large", "multiscale", _multiscale(**_NARROW), grid=(4, 4)),
+
+CLUTTERED_ROWS = _image_rows("cluttered", _FOUR_STAGES, (
+    "plain CNN", "AttentionNet", "SE", "ECA", "CBAM", "coordinate", "region conv",
+    "region MLP", "region gated", "region recurrent", "region self-attention",
+    "multi-scale"))
+HEAVY_ROWS = _image_rows("heavy", _FOUR_STAGES,
+                         ("plain CNN", "CBAM", "region MLP", "multi-scale"))
+LARGE_ROWS = _image_rows("large", _FIVE_STAGES,
+                         ("plain CNN", "CBAM", "region MLP", "multi-scale"))
+
+#: The image tables in report order: (table, title, rows).
+IMAGE_TABLES = (
+    ("cluttered", "cluttered_digits/64", CLUTTERED_ROWS),
+    ("heavy", "More clutter, same canvas: cluttered_digits/64_heavy", HEAVY_ROWS),
+    ("large", "Larger canvas, same clutter density: cluttered_digits/128", LARGE_ROWS),
 )
 
 BAG_ROWS = tuple(
@@ -198,7 +209,7 @@ REAL_ROWS = tuple(
         Row("SE-ResNet-18", name, "channel", _resnet(head=None, attention="se")),
         Row("CBAM-ResNet-18", name, "spatial", _resnet(head=None, attention="cbam")),
         Row("ResNet-18 + region MLP", name, "region",
-            _region_head(ra_nn.MLPScorer, backbone="resnet18"), grid=(4, 4)),
+            _region_head("mlp", backbone="resnet18"), grid=(4, 4)),
         Row("ResNet-18 + multi-scale", name, "multiscale", _multiscale(backbone="resnet18"),
             grid=(4, 4)),
     ))

@@ -23,10 +23,12 @@ Only the convolution forms (the side-by-side comparison behind `regionatt_jax.nn
 """
 
 import argparse
+import atexit
 import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -75,10 +77,29 @@ def _median_ms(fn: Callable[[], object], warmup: int, iters: int) -> dict:
 
 
 def _jax_timed_compile(fn, *args, donate=()):
+  """Compiles `fn` cold, then again as a fresh `jit` (what a second run of a script sees).
+
+  The worker enables JAX's persistent compilation cache in an empty directory
+  (`_enable_compilation_cache`), so the cold compile writes the executable there and
+  the second one loads it. Returns the executable and a dict with `compile_s` (cold)
+  and `compile_cached_s`, in seconds.
+  """
   import jax
-  start = time.perf_counter()
-  compiled = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
-  return compiled, time.perf_counter() - start
+  times = []
+  for _ in range(2):
+    jax.clear_caches()  # JAX also keeps compiled executables in memory; only disk may help
+    start = time.perf_counter()
+    compiled = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
+    times.append(time.perf_counter() - start)
+  return compiled, dict(compile_s=times[0], compile_cached_s=times[1])
+
+
+def _enable_compilation_cache(directory: str) -> None:
+  """Turns on JAX's persistent compilation cache in `directory`, for every executable."""
+  import jax
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
 def _jax_model(case: str, framework: str, size: dict):
@@ -119,19 +140,20 @@ def _jax_model_rows(case: str, framework: str, batch: int, size: dict) -> list[d
     return optax.apply_updates(params, updates), opt_state, new_state
 
   rows = []
-  compiled, compile_s = _jax_timed_compile(forward, params, state, images)
+  compiled, compile_times = _jax_timed_compile(forward, params, state, images)
   timing = _median_ms(lambda: compiled(params, state, images).block_until_ready(),
                       size["warmup"], size["iters"])
-  rows.append(dict(kind="forward", compile_s=compile_s, **timing))
+  rows.append(dict(kind="forward", **compile_times, **timing))
 
   carry = [params, tx.init(params), state]
-  compiled, compile_s = _jax_timed_compile(train_step, *carry, images, labels, donate=(0, 1, 2))
+  compiled, compile_times = _jax_timed_compile(train_step, *carry, images, labels,
+                                               donate=(0, 1, 2))
 
   def step():
     carry[:] = compiled(*carry, images, labels)
     jax.block_until_ready(carry)
 
-  rows.append(dict(kind="train_step", compile_s=compile_s,
+  rows.append(dict(kind="train_step", **compile_times,
                    **_median_ms(step, size["warmup"], size["iters"])))
   return rows
 
@@ -161,10 +183,10 @@ def _jax_op_rows(batch: int, size: dict) -> list[dict]:
 
   rows = []
   for kind, fn in (("forward", forward), ("forward_backward", forward_backward)):
-    compiled, compile_s = _jax_timed_compile(fn, x, params)
+    compiled, compile_times = _jax_timed_compile(fn, x, params)
     timing = _median_ms(lambda: jax.block_until_ready(compiled(x, params)),
                         size["warmup"], size["iters"])
-    rows.append(dict(kind=kind, compile_s=compile_s, **timing))
+    rows.append(dict(kind=kind, **compile_times, **timing))
   return rows
 
 
@@ -235,8 +257,8 @@ def _jax_conv_form_rows(batch: int, size: dict) -> list[dict]:
   }
   rows = []
   for kind, (fn, args) in forms.items():
-    compiled, compile_s = _jax_timed_compile(fn, *args)
-    rows.append(dict(kind=kind, compile_s=compile_s,
+    compiled, compile_times = _jax_timed_compile(fn, *args)
+    rows.append(dict(kind=kind, **compile_times,
                      **_median_ms(lambda: jax.block_until_ready(compiled(*args)),
                                   size["warmup"], size["iters"])))
   return rows
@@ -359,6 +381,9 @@ def run_worker(spec: dict) -> dict:
   if framework.startswith("jax"):
     import jax  # noqa: F401  (import cost counted before the cases, as for torch)
     import regionatt_jax.nn  # noqa: F401
+    cache = tempfile.mkdtemp(prefix="jax_cache_")
+    atexit.register(shutil.rmtree, cache, True)
+    _enable_compilation_cache(cache)
   else:
     import torch  # noqa: F401
     import regionatt_jax.pytorch  # noqa: F401
@@ -464,7 +489,8 @@ def _fmt(value, digits=1):
 
 def _model_table(results: dict, allocator: str) -> list[str]:
   rows = [r for r in results["rows"] if r["allocator"] == allocator and r["case"] != "conv"]
-  lines = ["| case | kind | batch | JAX jit ms (compile s) | JAX + flax.linen.Conv ms | "
+  lines = ["| case | kind | batch | JAX jit ms (compile s: cold / cached) | "
+           "JAX + flax.linen.Conv ms | "
            "torch eager ms | torch.compile ms (first call s) | eager / JAX | compile / JAX |",
            "|---|---|---|---|---|---|---|---|---|"]
   keys = sorted({(r["case"], r["kind"], r["batch"]) for r in rows},
@@ -480,7 +506,11 @@ def _model_table(results: dict, allocator: str) -> list[str]:
       if row is None:
         return "–"
       form = f" [{row['form']}]" if row.get("form") else ""
-      compile_s = f" ({row['compile_s']:.2f})" if row.get("compile_s") is not None else ""
+      compile_s = ""
+      if row.get("compile_s") is not None:
+        cached = row.get("compile_cached_s")
+        compile_s = f" ({row['compile_s']:.2f}" + (
+            f" / {cached:.2f})" if cached is not None else ")")
       return f"{row['median_ms']:.2f}{compile_s}{form}"
 
     def ratio(row):
@@ -488,6 +518,47 @@ def _model_table(results: dict, allocator: str) -> list[str]:
 
     lines.append(f"| {case} | {kind} | {batch} | {cell(jax_row)} | {cell(flax_conv)} | "
                  f"{cell(eager)} | {cell(compiled)} | {ratio(eager)} | {ratio(compiled)} |")
+  return lines
+
+
+#: The issue's targets: (case, kind, framework, minimum of framework time / JAX time).
+SPEED_TARGETS = (
+    ("region_op", "forward", "torch_eager", 2.0),
+    ("region_op", "forward", "torch_compile", 1.2),
+    ("region_op", "forward_backward", "torch_eager", 1.5),
+    ("region_op", "forward_backward", "torch_compile", 1.0),
+    ("attention_net", "train_step", "torch_eager", 1.0),
+)
+MAX_COMPILE_S = 1.0
+
+
+def _targets_table(results: dict, allocator: str) -> list[str]:
+  """Each target, what this run measured, and whether it is met."""
+  rows = [r for r in results["rows"] if r["allocator"] == allocator]
+  lines = ["| target | batch | measured | met |", "|---|---|---|---|"]
+  yes_no = lambda ok: "yes" if ok else "**no**"
+  for case, kind, framework, minimum in SPEED_TARGETS:
+    for batch in sorted({r["batch"] for r in rows if r["case"] == case}):
+      jax_row = _best(rows, framework="jax", case=case, kind=kind, batch=batch)
+      other = _best(rows, framework=framework, case=case, kind=kind, batch=batch)
+      if jax_row and other:
+        ratio = other["median_ms"] / jax_row["median_ms"]
+        lines.append(f"| {case} {kind}: JAX >= {minimum}x {framework} | {batch} | "
+                     f"{ratio:.2f}x | {yes_no(ratio >= minimum)} |")
+  compiles = [r for r in rows if r["framework"] == "jax" and r.get("compile_s") is not None]
+  for key, label in (("compile_s", "cold"), ("compile_cached_s", "from the persistent cache")):
+    worst = max(compiles, key=lambda r: r.get(key) or 0.0, default=None)
+    if worst and worst.get(key) is not None:
+      lines.append(f"| JAX compile <= {MAX_COMPILE_S:.0f} s per function, {label} | all | "
+                   f"max {worst[key]:.2f} s ({worst['case']} {worst['kind']}, batch "
+                   f"{worst['batch']}) | {yes_no(worst[key] <= MAX_COMPILE_S)} |")
+  memory = {(m["case"], m["framework"]): m["peak_rss_mb"] for m in results["memory"]
+            if m["allocator"] == allocator}
+  for case in dict.fromkeys(c for c, _ in memory):
+    if (case, "jax") in memory and (case, "torch_eager") in memory:
+      jax_mb, eager_mb = memory[case, "jax"], memory[case, "torch_eager"]
+      lines.append(f"| {case}: JAX peak RSS <= torch eager's | all | {jax_mb:.0f} vs "
+                   f"{eager_mb:.0f} MB | {yes_no(jax_mb <= eager_mb)} |")
   return lines
 
 
@@ -535,6 +606,7 @@ def markdown(results: dict) -> str:
       lines += _conv_table(results, allocator)
     else:
       lines += _model_table(results, allocator)
+      lines += ["", f"Targets, allocator {allocator}:", ""] + _targets_table(results, allocator)
   lines += ["", "### Peak memory (each framework and case in its own process)", ""]
   lines += _memory_table(results)
   return "\n".join(lines) + "\n"

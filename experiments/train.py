@@ -11,6 +11,7 @@ start the same command on each after setting up `jax.distributed` (see
 """
 
 import json
+import sys
 
 import jax
 from absl import app, flags, logging
@@ -28,6 +29,23 @@ _DISTRIBUTED = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def parse_flags(argv):
+  """absl's parser, with an unknown `--config.<key>` reported like any other bad flag.
+
+  For a key the config lacks, ml_collections raises AttributeError (naming the key)
+  instead of a flags error, which would otherwise end the job with a traceback.
+  """
+  try:
+    return app.parse_flags_with_usage(argv)
+  except AttributeError as error:
+    cause = error.args[0] if error.args else error  # ml_collections wraps a KeyError
+    message = " ".join(str(cause.args[0] if isinstance(cause, KeyError) else cause).split())
+    overrides = [arg for arg in argv[1:] if arg.startswith("--config.")]
+    sys.stderr.write(f"FATAL Flags parsing error: unknown config key {message} (in "
+                     f"{overrides}); the config file lists the keys.\n")
+    sys.exit(1)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -41,4 +59,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -82,7 +82,8 @@ def _jax_timed_compile(fn, *args, donate=()):
   The worker enables JAX's persistent compilation cache in an empty directory
   (`_enable_compilation_cache`), so the cold compile writes the executable there and
   the second one loads it. Returns the executable and a dict with `compile_s` (cold)
-  and `compile_cached_s`, in seconds.
+  and `compile_cached_s` in seconds, the executable's temporaries `temp_mb` and the
+  process's peak RSS so far.
   """
   import jax
   times = []
@@ -91,7 +92,13 @@ def _jax_timed_compile(fn, *args, donate=()):
     start = time.perf_counter()
     compiled = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
     times.append(time.perf_counter() - start)
-  return compiled, dict(compile_s=times[0], compile_cached_s=times[1])
+  analysis = compiled.memory_analysis()
+  return compiled, dict(
+      compile_s=times[0], compile_cached_s=times[1],
+      # Where JAX's peak RSS goes: the executable's temporaries, and the high-water mark
+      # reached once it is compiled (before it has run).
+      temp_mb=analysis.temp_size_in_bytes / 2**20 if analysis else None,
+      peak_rss_after_compile_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def _enable_compilation_cache(directory: str) -> None:

@@ -8,7 +8,8 @@
 Pieces, for custom loops: `create_train_state`, `train_step` / `eval_step` (pure; jit
 them with `jit_steps`), `make_mesh` / `global_batch` (sharding), `make_optimizer`,
 `pointing_game_hits`, `MetricWriter`, and `checkpoint` (orbax manager with the data
-iterator's position saved beside the state).
+iterator's position saved beside the state; `checkpoint.restore_newest_readable` falls
+back past a damaged checkpoint).
 """
 
 from regionatt_jax.train import checkpoint

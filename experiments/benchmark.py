@@ -81,20 +81,23 @@ def _jax_timed_compile(fn, *args, donate=()):
 
   The worker enables JAX's persistent compilation cache in an empty directory
   (`_enable_compilation_cache`), so the cold compile writes the executable there and
-  the second one loads it. Returns the executable and a dict with `compile_s` (cold)
-  and `compile_cached_s` in seconds, the executable's temporaries `temp_mb` and the
+  the second one loads it. Returns the executable and a dict with `compile_s` (cold,
+  trace + lower + XLA compile), its part `lower_s`, and `compile_cached_s` in seconds, the executable's temporaries `temp_mb` and the
   process's peak RSS so far.
   """
   import jax
-  times = []
+  times, lower_times = [], []
   for _ in range(2):
     jax.clear_caches()  # JAX also keeps compiled executables in memory; only disk may help
     start = time.perf_counter()
-    compiled = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
+    lowered = jax.jit(fn, donate_argnums=donate).lower(*args)
+    lower_times.append(time.perf_counter() - start)
+    compiled = lowered.compile()
     times.append(time.perf_counter() - start)
   analysis = compiled.memory_analysis()
   return compiled, dict(
       compile_s=times[0], compile_cached_s=times[1],
+      lower_s=lower_times[0],  # tracing and lowering to StableHLO, part of compile_s
       # Where JAX's peak RSS goes: the executable's temporaries, and the high-water mark
       # reached once it is compiled (before it has run).
       temp_mb=analysis.temp_size_in_bytes / 2**20 if analysis else None,

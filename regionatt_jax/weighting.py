@@ -187,32 +187,25 @@ def _reduced_grid_sum(blocks, weights):
   return jnp.sum(blocks * scale, axis=(-5, -3))
 
 
-def _unrolled_products(blocks, weights):
-  """`_reduced_grid_sum` as N multiply-adds, which XLA:CPU fuses into one vectorized loop."""
+@jax.custom_jvp
+def _unrolled_grid_sum(blocks, weights):
+  """`_reduced_grid_sum` as N multiply-adds, which XLA:CPU fuses into one vectorized loop.
+
+  Its own derivative, transposed for `grad`, would pad every region's gradient to the
+  whole image and add N of them (N passes over `x`); the tangent rule below is the
+  reduction's, whose transpose is one broadcast multiply for the blocks and one
+  reduction for the weights.
+  """
   gh, gw = blocks.shape[-5], blocks.shape[-3]
   return sum(blocks[..., i, :, j, :, :] * weights[..., i * gw + j, None, None, None]
              for i in range(gh) for j in range(gw))
-
-
-@jax.custom_jvp
-def _unrolled_grid_sum(blocks, weights):
-  """`_unrolled_products` with a tangent rule chosen for its transpose (`grad`).
-
-  Differentiated as written, the blocks' cotangent would pad every region's gradient to
-  the whole image and add N of them (N passes over `x`). The rule below takes the
-  blocks term from the reduction (its transpose is one broadcast multiply) and the
-  weights term from the unrolled form (its transpose is N reductions of `R_k * dy`; the
-  reduction's would first broadcast `dy` to the whole image, a 1.2x slower `grad` of
-  `region_attention` here).
-  """
-  return _unrolled_products(blocks, weights)
 
 
 @_unrolled_grid_sum.defjvp
 def _unrolled_grid_sum_jvp(primals, tangents):
   (blocks, weights), (blocks_dot, weights_dot) = primals, tangents
   return _unrolled_grid_sum(blocks, weights), (
-      _reduced_grid_sum(blocks_dot, weights) + _unrolled_products(blocks, weights_dot))
+      _reduced_grid_sum(blocks_dot, weights) + _reduced_grid_sum(blocks, weights_dot))
 
 
 def _weighted_grid_sum(x, weights, layout, mode):

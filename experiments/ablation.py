@@ -187,6 +187,54 @@ def _predict_fn(state):
   return lambda batch: jax.device_get(predict(state, batch))
 
 
+def pointing_ceiling(boxes: np.ndarray, image_hw: tuple[int, int],
+                     grid: tuple[int, int]) -> float:
+  """The pointing game of the best map a `grid` region head can draw.
+
+  That map is maximal on the one region holding the box centre; the pointing game
+  then points at that region's centre, which on a coarse grid can fall outside a box
+  smaller than a region although the region holds the digit.
+
+  Args:
+    boxes: `(B, 4)` boxes `(y0, x0, y1, x1)`, `y1`/`x1` exclusive.
+    image_hw: `(H, W)` of the images.
+    grid: `(gh, gw)` regions.
+
+  Returns:
+    The fraction of boxes that map points inside.
+  """
+  import regionatt_jax as ra  # pylint: disable=g-import-not-at-top
+  from regionatt_jax.train import metrics  # pylint: disable=g-import-not-at-top
+  boxes = np.asarray(boxes, np.float32)
+  centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+  cells = np.minimum((centres * np.array(grid) / np.array(image_hw)).astype(int),
+                     np.array(grid) - 1)
+  weights = np.zeros((len(boxes), grid[0] * grid[1]), np.float32)
+  weights[np.arange(len(boxes)), cells[:, 0] * grid[1] + cells[:, 1]] = 1.0
+  maps = ra.attention_map(weights, grid, image_shape=image_hw)
+  return float(np.mean(metrics.pointing_game_hits(maps, boxes)))
+
+
+def table_pointing_ceiling(rows: Sequence[table.Row], data_dir: str) -> str:
+  """A sentence giving `pointing_ceiling` on the test split of the rows' dataset."""
+  grids = {row.grid for row in rows if row.grid}
+  if len(grids) != 1:
+    return ""
+  (grid,) = grids
+  config = make_config(rows[0], 0, data_dir=data_dir)
+  try:
+    batches = list(_test_batches(config))
+  except Exception:  # pylint: disable=broad-except  (the report must not need the data)
+    return ""
+  boxes = np.concatenate([batch["box"] for batch in batches])
+  image_hw = batches[0]["image"].shape[1:3]
+  ceiling = pointing_ceiling(boxes, image_hw, grid)
+  return (f"- Pointing-game ceiling of a {grid[0]}x{grid[1]} region map here: "
+          f"{100 * ceiling:.1f} % (a map maximal on the region that holds the digit's "
+          "centre points at that region's centre, which can lie outside a digit smaller "
+          "than a region).\n")
+
+
 def instance_hits(weights: np.ndarray, mask: np.ndarray, instance_labels: np.ndarray,
                   target: int) -> np.ndarray:
   """Whether the most attended real instance of each bag is a `target` instance.
@@ -682,7 +730,8 @@ def _session_text(out: str) -> str:
       f"{s['started']} UTC)" for s in sessions) + ". "
 
 
-def write_report(out: str, results_md: str, results_dir: str, command: str) -> dict:
+def write_report(out: str, results_md: str, results_dir: str, command: str,
+                 data_dir: str) -> dict:
   """Collects the finished runs and writes RESULTS.md, figures and metrics.json."""
   results = collect(out, table.ROWS + table.REAL_ROWS, table.SEEDS)
   summary = summarize(results, METRICS)
@@ -723,7 +772,8 @@ def write_report(out: str, results_md: str, results_dir: str, command: str) -> d
   for _, title, rows in table.IMAGE_TABLES:
     text += [f"## {title}\n", image_table(summary, rows) + "\n",
              bullets(compare(summary, rows, "test_accuracy", rows[0])
-                     + localization_surprises(summary, rows))]
+                     + localization_surprises(summary, rows))
+             + table_pointing_ceiling(rows, data_dir)]
   text += ["## Does the gap grow with clutter?\n",
            "Mean gain over the plain CNN of the same table; spread = sum of the two rows' "
            "seed standard deviations.\n", clutter_gaps(summary)]
@@ -803,8 +853,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = run_one(rows_by_key()[args.one], args.seed, args.out, data_dir=args.data_dir,
                      smoke=args.smoke)
     return SKIPPED if result is None else 0
-  command = "python -m experiments.ablation " + " ".join(
-      (argv if argv is not None else sys.argv[1:]))
+  command = " ".join(["python -m experiments.ablation",
+                      *(argv if argv is not None else sys.argv[1:])])
   command_file = os.path.join(args.out, "commands.txt")
   if not args.report_only:
     os.makedirs(args.out, exist_ok=True)
@@ -829,7 +879,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if os.path.exists(command_file):  # The commands that ran the table, not the report's.
     with open(command_file) as f:
       command = "\n    ".join(dict.fromkeys(f.read().split("\n")[:-1]))
-  write_report(args.out, args.results_md, args.results_dir, command)
+  write_report(args.out, args.results_md, args.results_dir, command, args.data_dir)
   return 0
 
 

@@ -239,6 +239,7 @@ def test_smoke_run_trains_measures_reports_and_resumes(tmp_path, capsys):
     assert json.load(f)["test_pointing_game"] is None  # no attention map
   report = (tmp_path / "runs" / "RESULTS.md").read_text()
   assert "| region MLP | region |" in report and "| attention pooling | 50 |" in report
+  assert "Wall clock of the training command: " in report and "(3 runs, 2 workers" in report
   figures = os.listdir(tmp_path / "runs" / "results")
   assert "attention_cluttered_region_mlp.png" in figures
   assert "attention_cluttered_plain_cnn.png" not in figures  # nothing to overlay
@@ -246,3 +247,13 @@ def test_smoke_run_trains_measures_reports_and_resumes(tmp_path, capsys):
   # A second call finds every run finished and trains nothing.
   assert ablation.main(args) == 0
   assert "3 of 3 runs already finished; running 0" in capsys.readouterr().out
+
+
+def test_pointing_ceiling_points_at_the_centre_of_the_region_holding_the_box_centre():
+  # 64x64 image, 4x4 grid: 16-px regions with centres at 8, 24, 40, 56.
+  boxes = np.array([[16, 16, 32, 32],    # exactly region (1, 1): its centre (24, 24) is in
+                    [16, 16, 18, 18],    # a corner of region (1, 1): (24, 24) is outside
+                    [0, 0, 64, 64],      # the whole image
+                    [50, 2, 63, 14]])    # region (3, 0), centre (56, 8): inside
+  assert ablation.pointing_ceiling(boxes, (64, 64), (4, 4)) == 0.75
+  assert ablation.pointing_ceiling(boxes[1:2], (64, 64), (32, 32)) == 1.0  # fine grid

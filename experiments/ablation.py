@@ -878,7 +878,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       return 1
   if os.path.exists(command_file):  # The commands that ran the table, not the report's.
     with open(command_file) as f:
-      command = "\n    ".join(dict.fromkeys(f.read().split("\n")[:-1]))
+      command = "\n    ".join(dict.fromkeys(line.strip() for line in f if line.strip()))
   write_report(args.out, args.results_md, args.results_dir, command, args.data_dir)
   return 0
 

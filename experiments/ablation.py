@@ -757,7 +757,7 @@ def write_report(out: str, results_md: str, results_dir: str, command: str,
       "Each run trains with `regionatt_jax.train.loop.train_and_evaluate` (AdamW, warmup "
       "and cosine schedule, gradient clipping; batch 32, bags: batch 16) for "
       f"{steps['cluttered']} steps (each image table) and {steps['bags']} (bags); these "
-      "are short runs sized to fit about an hour on 2 CPU cores, so the numbers rank "
+      "are short runs sized for 2 CPU cores, so the numbers rank "
       "methods early in training rather than at convergence. "
       f"{_session_text(out)}"
       "Mean ± sample std over seeds. Pointing game: the centre of the attention map's "

@@ -27,7 +27,7 @@ import pytest
 from regionatt_jax import data
 from regionatt_jax.train import loop
 from regionatt_jax.train import metrics as metrics_lib
-from tests import reliability_config
+from tests import data_fixtures, reliability_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "tests", "reliability_config.py")
@@ -360,35 +360,16 @@ def test_metrics_line_cut_by_a_kill_is_dropped_on_resume(tmp_path, data_dir, ref
 
 def poison_batch(monkeypatch, at_step: int, value: float):
   """Makes the training batch of step `at_step` (1-based) carry `value` in one pixel."""
-  make_iterator = data.make_iterator
 
-  class Poisoned:
-    def __init__(self, iterator):
-      self.iterator, self.count = iterator, 0
+  def poison(count, batch):
+    batch = dict(batch)
+    if count == at_step:
+      image = np.array(batch["image"])
+      image.flat[0] = value
+      batch["image"] = image
+    return batch
 
-    def __iter__(self):
-      return self
-
-    def __next__(self):
-      batch = dict(next(self.iterator))
-      self.count += 1
-      if self.count == at_step:
-        image = np.array(batch["image"])
-        image.flat[0] = value
-        batch["image"] = image
-      return batch
-
-    def get_state(self):
-      return self.iterator.get_state()
-
-    def set_state(self, state):
-      self.iterator.set_state(state)
-
-  def poisoned_iterator(name, split, **kwargs):
-    iterator = make_iterator(name, split, **kwargs)
-    return Poisoned(iterator) if split == "train" else iterator
-
-  monkeypatch.setattr(data, "make_iterator", poisoned_iterator)
+  data_fixtures.wrap_train_batches(monkeypatch, poison)
 
 
 def all_finite(state: dict[str, np.ndarray]) -> bool:

@@ -15,6 +15,7 @@ import pytest
 from regionatt_jax import data
 from regionatt_jax.train import loop
 from regionatt_jax.train import metrics as metrics_lib
+from tests import data_fixtures
 from tests.train_helpers import TinyCNN, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,32 +100,14 @@ def test_resume_equals_uninterrupted_run(tmp_path, tiny_data_dir, tiny_models, m
   class Crash(Exception):
     pass
 
-  make_iterator = data.make_iterator
-
-  class CrashingIterator:
-    """Dies fetching the 7th batch: after checkpoint 4, before checkpoint 8."""
-
-    def __init__(self, iterator):
-      self.iterator, self.count = iterator, 0
-
-    def __next__(self):
-      self.count += 1
-      if self.count == 7:
-        raise Crash()
-      return next(self.iterator)
-
-    def get_state(self):
-      return self.iterator.get_state()
-
-    def set_state(self, state):
-      self.iterator.set_state(state)
-
-  def crashing_iterator(name, split, **kwargs):
-    iterator = make_iterator(name, split, **kwargs)
-    return CrashingIterator(iterator) if split == "train" else iterator
+  def crash_at_the_7th_batch(count, batch):  # after checkpoint 4, before checkpoint 8
+    if count == 7:
+      raise Crash()
+    return batch
 
   resumed = str(tmp_path / "resumed")
-  monkeypatch.setattr(data, "make_iterator", crashing_iterator)
+  make_iterator = data.make_iterator
+  data_fixtures.wrap_train_batches(monkeypatch, crash_at_the_7th_batch)
   with pytest.raises(Crash):
     loop.train_and_evaluate(config, resumed)
   assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == ["4"]

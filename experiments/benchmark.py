@@ -82,8 +82,8 @@ def _jax_timed_compile(fn, *args, donate=()):
   The worker enables JAX's persistent compilation cache in an empty directory
   (`_enable_compilation_cache`), so the cold compile writes the executable there and
   the second one loads it. Returns the executable and a dict with `compile_s` (cold,
-  trace + lower + XLA compile), its part `lower_s`, and `compile_cached_s` in seconds, the executable's temporaries `temp_mb` and the
-  process's peak RSS so far.
+  trace + lower + XLA compile), its part `lower_s` and `compile_cached_s`, in seconds;
+  the executable's temporaries `temp_mb`; and the process's peak RSS so far.
   """
   import jax
   times, lower_times = [], []

@@ -28,6 +28,7 @@ from regionatt_jax import data
 from regionatt_jax.train import loop
 from regionatt_jax.train import metrics as metrics_lib
 from tests import data_fixtures, reliability_config
+from tests.train_helpers import snapshot
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "tests", "reliability_config.py")
@@ -261,17 +262,6 @@ def in_process_config(data_dir: str, **train):
   for key, value in train.items():
     config.train[key] = value
   return config
-
-
-def snapshot(directory: str) -> dict[str, bytes]:
-  """{relative path: bytes} of every file under `directory`."""
-  files = {}
-  for root, _, names in os.walk(directory):
-    for name in names:
-      path = os.path.join(root, name)
-      with open(path, "rb") as f:
-        files[os.path.relpath(path, directory)] = f.read()
-  return files
 
 
 def truncate_arrays(step_dir: str) -> None:

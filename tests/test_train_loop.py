@@ -16,7 +16,7 @@ from regionatt_jax import data
 from regionatt_jax.train import loop
 from regionatt_jax.train import metrics as metrics_lib
 from tests import data_fixtures
-from tests.train_helpers import TinyCNN, tiny_config
+from tests.train_helpers import TinyCNN, snapshot, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,17 +44,6 @@ def _final_state(workdir, step):
   restored = ocp.StandardCheckpointer().restore(
       os.path.join(workdir, "checkpoints", str(step), "state"))
   return restored
-
-
-def _snapshot(directory):
-  """{relative path: bytes} of every file under `directory`."""
-  files = {}
-  for root, _, names in os.walk(directory):
-    for name in names:
-      path = os.path.join(root, name)
-      with open(path, "rb") as f:
-        files[os.path.relpath(path, directory)] = f.read()
-  return files
 
 
 @pytest.mark.slow
@@ -128,11 +117,11 @@ def test_incompatible_checkpoint_is_refused_untouched(tmp_path, tiny_data_dir, t
   workdir = str(tmp_path / "run")
   config = tiny_config(tiny_data_dir, steps=2)
   loop.train_and_evaluate(config, workdir)
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
   config.model.kwargs = {"features": 4}  # TinyCNN's default is 8
   with pytest.raises(ValueError, match="incompatible model: .params/.*there.*new --workdir"):
     loop.train_and_evaluate(config, workdir)
-  assert _snapshot(workdir) == before
+  assert snapshot(workdir) == before
 
 
 @pytest.mark.parametrize("mutate, error, match", [

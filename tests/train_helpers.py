@@ -1,9 +1,12 @@
-"""Shared pieces of the training tests: a tiny model, tiny configs, synthetic batches.
+"""Shared pieces of the training tests: a tiny model, tiny configs, synthetic batches,
+and `snapshot` of a directory's bytes.
 
 `TinyCNN` stands in for the library's models where a test is about the training
 machinery, not the model: it is small enough to compile and train in well under a
 second, and it has BatchNorm (batch stats in the state) and a sown attention map.
 """
+
+import os
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -55,3 +58,14 @@ def synthetic_batches(num_batches: int, batch_size: int, seed: int = 0,
   return [dict(image=rng.normal(size=(batch_size, *image_shape)).astype(np.float32),
                label=rng.integers(0, 10, batch_size).astype(np.int32))
           for _ in range(num_batches)]
+
+
+def snapshot(directory: str) -> dict[str, bytes]:
+  """{relative path: bytes} of every file under `directory`."""
+  files = {}
+  for root, _, names in os.walk(directory):
+    for name in names:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        files[os.path.relpath(path, directory)] = f.read()
+  return files

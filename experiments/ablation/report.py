@@ -233,12 +233,12 @@ def make_figures(out: str | None, summary: Mapping[str, Any], results_dir: str
   figures = []
 
   def save(name: str, caption: str, draw) -> None:
-    """Draws `draw()` into `name`; with no `out`, keeps an earlier drawing instead."""
+    """Draws `draw()` into `name`; without it and `out`, keeps an earlier drawing."""
     path = os.path.join(results_dir, name)
-    if out is None and os.path.exists(path):
-      figures.append((caption, path))
-    elif draw:
+    if draw:
       figures.append((caption, viz.save_figure(draw(), path)))
+    elif out is None and os.path.exists(path):
+      figures.append((caption, path))
 
   for name_of_table, rows in table.IMAGE_TABLES:
     title = table.dataset_of(name_of_table)
@@ -321,15 +321,16 @@ def build_document(out: str, command: str) -> dict[str, Any] | None:
     command: the command line to cite when `out` records none that trained.
 
   Returns:
-    `environment` (of this machine), `command` (every distinct command that trained
-    runs into `out`), `seeds`, `summary` (per row), `runs` (every result.json) and
+    `generated` (now, UTC), `environment` (of this machine), `command` (every
+    distinct command that trained runs into `out`), `seeds`, `summary` (per row), `runs` (every result.json) and
     `sessions` (each training command's start, minutes, runs and workers).
   """
   results = collect_runs(out, table.ROWS + table.REAL_ROWS, table.SEEDS)
   if not results:
     return None
   commands = _read_lines(os.path.join(out, run.COMMANDS_FILE))
-  return {"environment": environment(),
+  return {"generated": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}",
+          "environment": environment(),
           "command": "\n    ".join(dict.fromkeys(commands)) or command,
           "seeds": list(table.SEEDS), "summary": summarize(results, METRICS), "runs": results,
           "sessions": [json.loads(line)
@@ -368,7 +369,7 @@ def write_report(document: Mapping[str, Any], *, out: str | None, results_md: st
   notes = open(notes_path).read() if os.path.exists(notes_path) else ""
   text = [
       "# Results: which attention helps, and does it look at the right place\n",
-      f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by\n",
+      f"Generated {document['generated']} UTC by\n",
       f"    {document['command']}\n",
       f"from {len(results)} finished runs (seeds {document['seeds']}; the table and every "
       "setting are in `experiments/configs/ablation.py`). Environment: "

@@ -322,8 +322,9 @@ def build_document(out: str, command: str) -> dict[str, Any] | None:
 
   Returns:
     `generated` (now, UTC), `environment` (of this machine), `command` (every
-    distinct command that trained runs into `out`), `seeds`, `summary` (per row), `runs` (every result.json) and
-    `sessions` (each training command's start, minutes, runs and workers).
+    distinct command that trained runs into `out`), `seeds`, `summary` (per row),
+    `runs` (every result.json) and `sessions` (each training command's start,
+    minutes, runs and workers).
   """
   results = collect_runs(out, table.ROWS + table.REAL_ROWS, table.SEEDS)
   if not results:

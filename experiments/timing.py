@@ -13,12 +13,15 @@ framework's memory, so it must not load the other.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -110,6 +113,22 @@ def environment(versions: dict[str, str | None]) -> dict[str, Any]:
               cores=os.cpu_count(), platform=platform.platform())
 
 
+def framework_environment(threads: int, allocators: Sequence[str]) -> dict[str, Any]:
+  """`environment` with JAX's and torch's versions, JAX's devices and the run's settings."""
+  import flax  # pylint: disable=g-import-not-at-top  (a torch worker must not load JAX)
+  import jax  # pylint: disable=g-import-not-at-top
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  try:  # In a subprocess: this parent process stays free of torch.
+    torch = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+  except subprocess.CalledProcessError:
+    torch = None
+  return dict(**environment({"jax": jax.__version__, "jaxlib": jaxlib.__version__,
+                             "flax": flax.__version__, "torch": torch}),
+              threads=threads, devices=[str(d) for d in jax.devices()],
+              allocators=list(allocators), tuned_allocator=TUNED_ALLOCATOR)
+
+
 def allocator_env(allocator: str | None, **extra: str) -> dict[str, str]:
   """This process's environment with `GLIBC_TUNABLES=allocator` (unset for None)."""
   env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
@@ -135,10 +154,77 @@ def run_worker(module: str, spec: dict, allocator: str | None, threads: int,
   return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def markdown_header(results: dict) -> list[str]:
-  """The lines of a BENCHMARKS.md section that say how, where and when it was run."""
+def worker_result(framework: str, threads: int, measure: Callable[[], list[dict]]) -> dict:
+  """Runs `measure()` in a worker process set up for `framework`; what the parent reads.
+
+  Imports the framework first (its import cost counted apart, as `rss_after_import_mb`),
+  sets torch's thread count, and gives JAX a fresh persistent compilation cache (so
+  `jax_timed_compile` measures cold and cached compiles).
+
+  Returns:
+    `{"rows": measure(), "threads", "rss_after_import_mb", "peak_rss_mb"}`.
+  """
+  # pylint: disable=g-import-not-at-top  (a worker loads one framework only)
+  if framework.startswith("jax"):
+    import regionatt_jax.nn  # noqa: F401
+    cache = tempfile.mkdtemp(prefix="jax_cache_")
+    atexit.register(shutil.rmtree, cache, True)
+    enable_compilation_cache(cache)
+    used_threads = os.cpu_count()  # XLA:CPU's intra-op pool: one thread per core
+  else:
+    import torch
+    import regionatt_jax.pytorch  # noqa: F401
+    torch.set_num_threads(threads)
+    used_threads = torch.get_num_threads()
+  rss_after_import = peak_rss_mb()
+  rows = measure()
+  return dict(rows=rows, threads=used_threads, rss_after_import_mb=rss_after_import,
+              peak_rss_mb=peak_rss_mb())
+
+
+def run_suite(module: str, suite: str, plan: Sequence[tuple[str, str]], size: dict,
+              allocators: Sequence[str], threads: int, timeout_s: float) -> dict:
+  """Runs `module`'s worker for every (allocator, (framework, case) of `plan`).
+
+  Returns:
+    The results document: `environment` (`framework_environment`), `size`, `suite`, `command`,
+    `started`, `rows` (each with its allocator), `memory` (peak RSS per worker) and
+    the `load_average` before and after.
+  """
+  load_before = os.getloadavg()
+  results = dict(environment=framework_environment(threads, allocators), size=size, suite=suite,
+                 command=" ".join([Path(sys.executable).name, *sys.argv]),
+                 started=time.strftime("%Y-%m-%d %H:%M:%S %Z"), rows=[], memory=[])
+  for allocator in allocators:
+    for framework, case in plan:
+      spec = dict(framework=framework, case=case, size=size, threads=threads)
+      print(f"[{allocator}] {framework} / {case} ...", file=sys.stderr, flush=True)
+      out = run_worker(module, spec, ALLOCATORS[allocator], threads, timeout_s)
+      results["rows"] += [dict(allocator=allocator, **row) for row in out["rows"]]
+      results["memory"].append(dict(allocator=allocator, framework=framework, case=case,
+                                    threads=out["threads"], peak_rss_mb=out["peak_rss_mb"],
+                                    rss_after_import_mb=out["rss_after_import_mb"]))
+  results["load_average"] = dict(before=load_before, after=os.getloadavg())
+  return results
+
+
+def _memory_table(results: dict) -> list[str]:
+  lines = ["| allocator | case | framework | peak RSS MB | RSS after imports MB |",
+           "|---|---|---|---|---|"]
+  for m in results["memory"]:
+    lines.append(f"| {m['allocator']} | {m['case']} | {m['framework']} | "
+                 f"{m['peak_rss_mb']:.0f} | {m['rss_after_import_mb']:.0f} |")
+  return lines
+
+
+def markdown_section(results: dict, intro: Sequence[str],
+                     tables: Callable[[dict, str], list[str]]) -> str:
+  """A BENCHMARKS.md section: how, where and when `results` were measured, `intro`,
+  `tables(results, allocator)` per allocator, and each worker's peak memory."""
   env, load = results["environment"], results["load_average"]
-  return [
+  # As measured: JSON (`--from-json`) turns the tuples into lists.
+  size = {k: tuple(v) if isinstance(v, list) else v for k, v in results["size"].items()}
+  lines = [
       f"Run {results['started']}: `{results['command']}`",
       "",
       f"- machine: {env['cpu']}, {env['cores']} cores, {env['platform']}; devices "
@@ -148,9 +234,16 @@ def markdown_header(results: dict) -> list[str]:
       f"core)",
       f"- load average (1, 5, 15 min) before {tuple(round(v, 1) for v in load['before'])}, "
       f"after {tuple(round(v, 1) for v in load['after'])}",
-      f"- sizes: {results['size']}",
+      f"- sizes: {size}",
       f"- tuned allocator: `GLIBC_TUNABLES={env['tuned_allocator']}`",
+      "",
+      *intro,
   ]
+  for allocator in env["allocators"]:
+    lines += ["", f"### Allocator: {allocator}", ""] + tables(results, allocator)
+  lines += ["", "### Peak memory (each framework and case in its own process)", ""]
+  lines += _memory_table(results)
+  return "\n".join(lines) + "\n"
 
 
 def write_markdown(path: Path, section: str, marker: str = "") -> None:

@@ -23,9 +23,6 @@ both time with `experiments/timing.py`.
 
 import argparse
 import json
-import os
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -372,7 +369,7 @@ def plot(results: dict, path: Path) -> None:
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="tiny sizes, few iterations (CI)")
+  timing.add_flags(parser, "results.json and the PNG")
   parser.add_argument("--allocators", nargs="+", choices=tuple(timing.ALLOCATORS),
                       default=None, help="default: tuned and default (quick: tuned only)")
   parser.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS, default=None,
@@ -382,33 +379,19 @@ def main(argv=None) -> None:
                       default=[*MODEL_CASES, "region_op"])
   parser.add_argument("--batch-sizes", nargs="+", type=int, default=None)
   parser.add_argument("--iters", type=int, default=None, help="timed runs per measurement")
-  parser.add_argument("--threads", type=int, default=os.cpu_count())
-  parser.add_argument("--timeout", type=float, default=1800, help="seconds per worker")
-  parser.add_argument("--out-dir", type=Path, default=None,
-                      help="results.json and the PNG (default: benchmarks/, quick: a temp dir)")
-  parser.add_argument("--markdown", type=Path, default=None,
-                      help="file whose results section is rewritten (default: BENCHMARKS.md; "
-                      "quick: none)")
   parser.add_argument("--tag", default="",
                       help="names this run's results file and BENCHMARKS.md section")
-  parser.add_argument("--from-json", type=Path, default=None,
-                      help="re-render the markdown and plot of an earlier results file")
-  parser.add_argument("--worker", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.worker:
     print(json.dumps(run_worker(json.loads(args.worker))))
     return
-  markdown_path = args.markdown or (None if args.quick else timing.REPO / "BENCHMARKS.md")
-  if args.from_json:
+  if args.from_json:  # The plot too.
     results = json.loads(args.from_json.read_text())
     suffix = args.from_json.stem.removeprefix("results")
     plot(results, args.from_json.parent / f"time_vs_batch{suffix}.png")
-    timing.write_markdown(markdown_path, markdown(results), marker=suffix)
+    timing.write_markdown(timing.markdown_path(args), markdown(results), marker=suffix)
     return
   allocators = args.allocators or (["tuned"] if args.quick else ["tuned", "default"])
-  out_dir = args.out_dir or (Path(tempfile.mkdtemp(prefix="benchmark_")) if args.quick
-                             else timing.REPO / "benchmarks")
-  out_dir.mkdir(parents=True, exist_ok=True)
   frameworks = args.frameworks or (["jax", "torch_eager"] if args.quick else list(FRAMEWORKS))
   size = dict(SIZES["quick" if args.quick else "full"])
   size.update({k: v for k, v in (("batch_sizes", args.batch_sizes), ("iters", args.iters))
@@ -416,13 +399,8 @@ def main(argv=None) -> None:
   results = timing.run_suite("experiments.benchmark", "models", plan(frameworks, args.cases),
                              size, allocators, args.threads, args.timeout)
   suffix = f"_{args.tag}" if args.tag else ""
-  (out_dir / f"results{suffix}.json").write_text(json.dumps(results, indent=1))
-  section = markdown(results)
+  out_dir = timing.save_results(args, results, markdown(results), suffix)
   plot(results, out_dir / f"time_vs_batch{suffix}.png")
-  if markdown_path:
-    timing.write_markdown(markdown_path, section, marker=suffix)
-  print(section)
-  print(f"results in {out_dir}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,6 @@ torch each run in their own subprocess, timed as in `experiments/benchmark.py`.
 
 import argparse
 import json
-import os
-import sys
-import tempfile
-from pathlib import Path
 
 from experiments import timing
 
@@ -161,41 +157,21 @@ def markdown(results: dict) -> str:
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="tiny sizes, few iterations (CI)")
+  timing.add_flags(parser, f"results{MARKER}.json")
   parser.add_argument("--allocators", nargs="+", choices=tuple(timing.ALLOCATORS),
                       default=["tuned"])
-  parser.add_argument("--threads", type=int, default=os.cpu_count())
-  parser.add_argument("--timeout", type=float, default=1800, help="seconds per worker")
-  parser.add_argument("--out-dir", type=Path, default=None,
-                      help="results_conv.json (default: benchmarks/, quick: a temp dir)")
-  parser.add_argument("--markdown", type=Path, default=None,
-                      help="file whose conv section is rewritten (default: BENCHMARKS.md; "
-                      "quick: none)")
-  parser.add_argument("--from-json", type=Path, default=None,
-                      help="re-render the markdown of an earlier results file")
-  parser.add_argument("--worker", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.worker:
     print(json.dumps(run_worker(json.loads(args.worker))))
-    return
-  markdown_path = args.markdown or (None if args.quick else timing.REPO / "BENCHMARKS.md")
-  if args.from_json:
-    timing.write_markdown(markdown_path, markdown(json.loads(args.from_json.read_text())),
-                          marker=MARKER)
-    return
-  out_dir = args.out_dir or (Path(tempfile.mkdtemp(prefix="benchmark_")) if args.quick
-                             else timing.REPO / "benchmarks")
-  out_dir.mkdir(parents=True, exist_ok=True)
-  results = timing.run_suite("experiments.benchmark_conv", "conv",
-                             [("jax", "conv"), ("torch_eager", "conv")],
-                             SIZES["quick" if args.quick else "full"], args.allocators,
-                             args.threads, args.timeout)
-  (out_dir / f"results{MARKER}.json").write_text(json.dumps(results, indent=1))
-  section = markdown(results)
-  if markdown_path:
-    timing.write_markdown(markdown_path, section, marker=MARKER)
-  print(section)
-  print(f"results in {out_dir}", file=sys.stderr)
+  elif args.from_json:
+    timing.write_markdown(timing.markdown_path(args),
+                          markdown(json.loads(args.from_json.read_text())), marker=MARKER)
+  else:
+    results = timing.run_suite("experiments.benchmark_conv", "conv",
+                               [("jax", "conv"), ("torch_eager", "conv")],
+                               SIZES["quick" if args.quick else "full"], args.allocators,
+                               args.threads, args.timeout)
+    timing.save_results(args, results, markdown(results), MARKER)
 
 
 if __name__ == "__main__":

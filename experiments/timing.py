@@ -13,6 +13,7 @@ framework's memory, so it must not load the other.
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import json
 import os
@@ -255,6 +256,39 @@ def write_markdown(path: Path, section: str, marker: str = "") -> None:
   head, rest = text.split(begin, 1)
   tail = rest.split(end, 1)[1]
   path.write_text(f"{head}{begin}\n{section}{end}{tail}")
+
+
+def add_flags(parser: argparse.ArgumentParser, results_file: str) -> None:
+  """The flags of every benchmark script that runs workers and writes BENCHMARKS.md."""
+  parser.add_argument("--quick", action="store_true", help="tiny sizes, few iterations (CI)")
+  parser.add_argument("--threads", type=int, default=os.cpu_count())
+  parser.add_argument("--timeout", type=float, default=1800, help="seconds per worker")
+  parser.add_argument("--out-dir", type=Path, default=None,
+                      help=f"{results_file} (default: benchmarks/, quick: a temp dir)")
+  parser.add_argument("--markdown", type=Path, default=None,
+                      help="file whose results section is rewritten (default: BENCHMARKS.md; "
+                      "quick: none)")
+  parser.add_argument("--from-json", type=Path, default=None,
+                      help="re-render the markdown of an earlier results file")
+  parser.add_argument("--worker", help=argparse.SUPPRESS)
+
+
+def markdown_path(args: argparse.Namespace) -> Path | None:
+  """`--markdown`, else BENCHMARKS.md (none for `--quick`)."""
+  return args.markdown or (None if args.quick else REPO / "BENCHMARKS.md")
+
+
+def save_results(args: argparse.Namespace, results: dict, section: str, marker: str) -> Path:
+  """Writes `results<marker>.json` and the BENCHMARKS.md section; returns the directory."""
+  out_dir = args.out_dir or (Path(tempfile.mkdtemp(prefix="benchmark_")) if args.quick
+                             else REPO / "benchmarks")
+  out_dir.mkdir(parents=True, exist_ok=True)
+  (out_dir / f"results{marker}.json").write_text(json.dumps(results, indent=1))
+  if markdown_path(args):
+    write_markdown(markdown_path(args), section, marker=marker)
+  print(section)
+  print(f"results in {out_dir}", file=sys.stderr)
+  return out_dir
 
 
 if __name__ == "__main__":

@@ -49,16 +49,21 @@ def test_region_op_benchmark_quick(tmp_path):
     assert row[key] > 0, key
 
 
-@pytest.mark.slow
-def test_framework_benchmark_quick(tmp_path):
-  pytest.importorskip("torch", reason="the framework benchmark compares against torch")
-  out = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--quick",
-                        "--out-dir", str(tmp_path)],
+def _run_quick(module: str, out_dir) -> str:
+  """Runs `python -m <module> --quick`; returns its stdout."""
+  pytest.importorskip("torch", reason="the benchmarks compare against torch")
+  out = subprocess.run([sys.executable, "-m", module, "--quick", "--out-dir", str(out_dir)],
                        capture_output=True, text=True, timeout=900, cwd=REPO)
   assert out.returncode == 0, out.stderr[-3000:]
+  return out.stdout
+
+
+@pytest.mark.slow
+def test_framework_benchmark_quick(tmp_path):
+  stdout = _run_quick("experiments.benchmark", tmp_path)
   for case in ("attention_net", "region_op"):
-    assert case in out.stdout, out.stdout[-3000:]
-  assert "JAX compile <= 1 s per function, from the persistent cache" in out.stdout
+    assert case in stdout, stdout[-3000:]
+  assert "JAX compile <= 1 s per function, from the persistent cache" in stdout
   rows = json.loads((tmp_path / "results.json").read_text())["rows"]
   jax_rows = [r for r in rows if r["framework"] == "jax"]
   assert jax_rows and all(r["median_ms"] > 0 for r in rows)
@@ -69,11 +74,7 @@ def test_framework_benchmark_quick(tmp_path):
 
 @pytest.mark.slow
 def test_conv_benchmark_quick(tmp_path):
-  pytest.importorskip("torch", reason="the conv study compares against torch")
-  out = subprocess.run([sys.executable, "-m", "experiments.benchmark_conv", "--quick",
-                        "--out-dir", str(tmp_path)],
-                       capture_output=True, text=True, timeout=900, cwd=REPO)
-  assert out.returncode == 0, out.stderr[-3000:]
+  _run_quick("experiments.benchmark_conv", tmp_path)
   results = json.loads((tmp_path / "results_conv.json").read_text())
   forms = {(r["framework"], r["kind"]) for r in results["rows"]}
   assert ("jax", "fwd+dx+dw: Conv f32") in forms

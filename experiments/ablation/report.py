@@ -82,41 +82,43 @@ def _mean(entry, metric, digits=0, statistic="mean") -> str:
   return f"{entry[metric][statistic]:.{digits}f}" if metric in entry else "-"
 
 
-def image_table(summary: Mapping[str, Any], rows: Sequence[table.Row]) -> str:
-  lines = ["| method | family | test accuracy (%) | pointing game (%) | params | "
-           "train images/s (best seed) | wall time / run (s, fastest seed) | seeds |",
-           "|---|---|---|---|---|---|---|---|"]
+def _table(summary: Mapping[str, Any], rows: Sequence[table.Row], header: Sequence[str],
+           label, cells) -> str:
+  """A markdown table: per row its `label(row)` cells, then `cells(entry)` of its
+  summary and the number of seeds (or "not run")."""
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for row in rows:
     entry = summary.get(row.key)
     if entry is None:
-      lines.append(f"| {row.name} | {row.family} | not run | | | | | 0 |")
-      continue
-    lines.append(
-        f"| {row.name} | {row.family} | {_pm(entry, 'test_accuracy', 100)} | "
-        f"{_pm(entry, 'test_pointing_game', 100)} | {_mean(entry, 'params')} | "
-        f"{_mean(entry, 'images_per_sec', statistic='max')} | "
-        f"{_mean(entry, 'wall_time_s', statistic='min')} | {entry['n']} |")
+      values = ["not run"] + [""] * (len(header) - len(label(row)) - 2) + ["0"]
+    else:
+      values = [*cells(entry), str(entry["n"])]
+    lines.append("| " + " | ".join([*label(row), *values]) + " |")
   return "\n".join(lines)
+
+
+def image_table(summary: Mapping[str, Any], rows: Sequence[table.Row]) -> str:
+  return _table(
+      summary, rows,
+      ["method", "family", "test accuracy (%)", "pointing game (%)", "params",
+       "train images/s (best seed)", "wall time / run (s, fastest seed)", "seeds"],
+      lambda row: [row.name, row.family],
+      lambda entry: [_pm(entry, "test_accuracy", 100), _pm(entry, "test_pointing_game", 100),
+                     _mean(entry, "params"), _mean(entry, "images_per_sec", statistic="max"),
+                     _mean(entry, "wall_time_s", statistic="min")])
 
 
 def bag_table(summary: Mapping[str, Any], rows: Sequence[table.Row]) -> str:
-  lines = ["| pooling | training bags | test AUC | bag accuracy (%) | instance "
-           "localization (%) | chance (%) | params | wall time / run (s, fastest seed) | "
-           "seeds |",
-           "|---|---|---|---|---|---|---|---|---|"]
-  for row in rows:
-    entry = summary.get(row.key)
-    if entry is None:
-      lines.append(f"| {row.name} | {row.train_examples} | not run | | | | | | 0 |")
-      continue
-    lines.append(
-        f"| {row.name} | {row.train_examples} | {_pm(entry, 'test_auc', 1, 3)} | "
-        f"{_pm(entry, 'test_bag_accuracy', 100)} | "
-        f"{_pm(entry, 'instance_localization', 100)} | "
-        f"{_pm(entry, 'chance_localization', 100)} | "
-        f"{_mean(entry, 'params')} | {_mean(entry, 'wall_time_s', statistic='min')} | "
-        f"{entry['n']} |")
-  return "\n".join(lines)
+  return _table(
+      summary, rows,
+      ["pooling", "training bags", "test AUC", "bag accuracy (%)",
+       "instance localization (%)", "chance (%)", "params",
+       "wall time / run (s, fastest seed)", "seeds"],
+      lambda row: [row.name, str(row.train_examples)],
+      lambda entry: [_pm(entry, "test_auc", 1, 3), _pm(entry, "test_bag_accuracy", 100),
+                     _pm(entry, "instance_localization", 100),
+                     _pm(entry, "chance_localization", 100), _mean(entry, "params"),
+                     _mean(entry, "wall_time_s", statistic="min")])
 
 
 def compare(summary: Mapping[str, Any], rows: Sequence[table.Row], metric: str,

@@ -86,9 +86,9 @@ def _jax_model_rows(case: str, framework: str, batch: int, size: dict) -> list[d
 
   rows = []
   compiled, compile_times = timing.jax_timed_compile(forward, params, state, images)
-  timing = timing.median_ms(lambda: compiled(params, state, images).block_until_ready(),
-                      size["warmup"], size["iters"])
-  rows.append(dict(kind="forward", **compile_times, **timing))
+  measured = timing.median_ms(lambda: compiled(params, state, images).block_until_ready(),
+                              size["warmup"], size["iters"])
+  rows.append(dict(kind="forward", **compile_times, **measured))
 
   carry = [params, tx.init(params), state]
   compiled, compile_times = timing.jax_timed_compile(train_step, *carry, images, labels,
@@ -129,9 +129,9 @@ def _jax_op_rows(batch: int, size: dict) -> list[dict]:
   rows = []
   for kind, fn in (("forward", forward), ("forward_backward", forward_backward)):
     compiled, compile_times = timing.jax_timed_compile(fn, x, params)
-    timing = timing.median_ms(lambda: jax.block_until_ready(compiled(x, params)),
-                        size["warmup"], size["iters"])
-    rows.append(dict(kind=kind, **compile_times, **timing))
+    measured = timing.median_ms(lambda: jax.block_until_ready(compiled(x, params)),
+                                size["warmup"], size["iters"])
+    rows.append(dict(kind=kind, **compile_times, **measured))
   return rows
 
 

@@ -15,6 +15,8 @@ torch each run in their own subprocess, timed as in `experiments/benchmark.py`.
 import argparse
 import json
 
+import numpy as np
+
 from experiments import timing
 
 SIZES = {

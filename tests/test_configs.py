@@ -49,7 +49,7 @@ def test_parse_arg_converts_to_the_defaults_types():
   assert common.parse_arg("flag=False", flag=True).flag is False
   with pytest.raises(ValueError, match="'stepz'"):
     common.parse_arg("stepz=3", steps=1)
-  with pytest.raises(ValueError, match="'steps' must be a int, got 'x'"):
+  with pytest.raises(ValueError, match="'steps' must be of type int, got 'x'"):
     common.parse_arg("steps=x", steps=1)
   with pytest.raises(ValueError, match="'flag' must be a bool"):
     common.parse_arg("flag=yes", flag=False)

@@ -30,7 +30,7 @@ def _convert(key: str, text: str, default: Any) -> Any:
   try:
     return type(default)(text)
   except ValueError:
-    raise ValueError(f"config arg {key!r} must be a {type(default).__name__}, "
+    raise ValueError(f"config arg {key!r} must be of type {type(default).__name__}, "
                      f"got {text!r}") from None
 
 

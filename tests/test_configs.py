@@ -76,6 +76,7 @@ def test_cluttered_args_change_only_what_they_name():
     ("head=none,scorer=gated", "needs a head"),
     ("canvas=tiny", "canvas"),
     ("model=resnet", "model must be"),
+    ("head=regoin", "head must be"),
     ("atention=se", "'atention'"),
 ])
 def test_cluttered_rejects_args_that_cannot_apply(arg, match):

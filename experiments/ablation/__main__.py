@@ -23,7 +23,8 @@ from regionatt_jax.train import loop
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=ablation.__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(prog="python -m experiments.ablation",
+                                   description=ablation.__doc__.split("\n")[0])
   parser.add_argument("--out", default="runs/ablation", help="directory of the runs")
   parser.add_argument("--data_dir", default="",
                       help="tfds data directory ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets)")

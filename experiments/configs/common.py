@@ -63,10 +63,11 @@ def set_model_args(config: ml_collections.ConfigDict, args: ml_collections.Confi
   kwargs = config.model.kwargs
   if args.attention:
     kwargs.attention = args.attention
-  if args.head == "none":
-    kwargs.head = None
-  elif args.head != "region":  # The model's default head.
-    kwargs.head = args.head
+  if args.head not in ("region", "multiscale", "none"):
+    raise ValueError(f"config arg head must be 'region', 'multiscale' or 'none', got "
+                     f"{args.head!r}")
+  if args.head != "region":  # 'region' is the model's default head.
+    kwargs.head = None if args.head == "none" else args.head
   if args.scorer:
     if args.head == "none":
       raise ValueError(f"config arg scorer={args.scorer!r} needs a head ('region' or "

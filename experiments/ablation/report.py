@@ -10,9 +10,10 @@ were drawn: their inputs live in the runs).
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import flax
 import jax
@@ -234,10 +235,10 @@ def make_figures(out: str | None, summary: Mapping[str, Any], results_dir: str
   """
   figures = []
 
-  def save(name: str, caption: str, draw) -> None:
-    """Draws `draw()` into `name`; without it and `out`, keeps an earlier drawing."""
+  def save(name: str, caption: str, draw: Callable[[], Any] | None) -> None:
+    """Saves the figure `draw()` as `name`; without `draw` and `out`, keeps an earlier one."""
     path = os.path.join(results_dir, name)
-    if draw:
+    if draw is not None:
       figures.append((caption, viz.save_figure(draw(), path)))
     elif out is None and os.path.exists(path):
       figures.append((caption, path))
@@ -247,16 +248,16 @@ def make_figures(out: str | None, summary: Mapping[str, Any], results_dir: str
     done = [row for row in rows if "test_accuracy" in summary.get(row.key, {})]
     if done:
       save(f"{name_of_table}_accuracy.png", f"Test accuracy on {title}, mean ± std over seeds.",
-           lambda done=done, title=title: viz.bar_chart(
-               [row.name for row in done],
+           functools.partial(
+               viz.bar_chart, [row.name for row in done],
                [100 * summary[row.key]["test_accuracy"]["mean"] for row in done],
                [100 * summary[row.key]["test_accuracy"]["std"] for row in done],
                ylabel="test accuracy (%)", title=f"{title}: mean ± std over seeds"))
   bags = [row for row in table.BAG_ROWS if "test_auc" in summary.get(row.key, {})]
   if bags:
     save("bags_auc.png", "Bag AUC by pooling and training-set size, mean ± std over seeds.",
-         lambda: viz.bar_chart(
-             [f"{row.name.split()[0]} n={row.train_examples}" for row in bags],
+         functools.partial(
+             viz.bar_chart, [f"{row.name.split()[0]} n={row.train_examples}" for row in bags],
              [summary[row.key]["test_auc"]["mean"] for row in bags],
              [summary[row.key]["test_auc"]["std"] for row in bags],
              ylabel="test AUC", title="digit_bags/16px: mean ± std over seeds",
@@ -266,23 +267,28 @@ def make_figures(out: str | None, summary: Mapping[str, Any], results_dir: str
   for row in table.CLUTTERED_ROWS + table.HEAVY_ROWS + table.LARGE_ROWS:
     example = _examples(out, row)
     has_map = example is not None and "map" in example
-    titles = has_map and [f"y={int(label)} pred={int(pred)}"
-                          for label, pred in zip(example["label"], example["prediction"])]
+    panel = levels = None
+    if has_map:
+      titles = [f"y={int(label)} pred={int(pred)}"
+                for label, pred in zip(example["label"], example["prediction"])]
+      panel = functools.partial(viz.attention_grid, example["image"][:4], example["map"][:4],
+                                grid=row.grid, boxes=example["box"][:4], titles=titles[:4])
     save(f"attention_{row.key}.png",
          f"{row.name} ({row.family}) on {row.table}: attention overlay, ground-truth box "
-         f"(green), most attended region (red); seed {seed}, first test images.",
-         has_map and (lambda e=example, t=titles, row=row: viz.attention_grid(
-             e["image"][:4], e["map"][:4], grid=row.grid, boxes=e["box"][:4], titles=t[:4])))
-    if row.family == "multiscale":
+         f"(green), most attended region (red); seed {seed}, first test images.", panel)
+    if row.family != "multiscale":
+      continue
+    if has_map and "region_weights" in example:
       grids = {**HEAD_DEFAULTS["multiscale"], **(_model_kwargs(row).get("head_kwargs") or {})
                }["grids"]
-      levels = has_map and "region_weights" in example and [
-          viz.coarser_weights(example["region_weights"][0], grids[-1], grid) for grid in grids]
-      save(f"levels_{row.key}.png",
-           f"{row.name} on {row.table}: region weights level by level (coarse levels are "
-           f"sums of their finer regions' weights).",
-           levels and (lambda e=example, levels=levels, grids=grids: viz.multiscale_figure(
-               e["image"][0], levels, grids, box=e["box"][0])))
+      finest = example["region_weights"][0]
+      levels = functools.partial(
+          viz.multiscale_figure, example["image"][0],
+          [viz.coarser_weights(finest, grids[-1], grid) for grid in grids], grids,
+          box=example["box"][0])
+    save(f"levels_{row.key}.png",
+         f"{row.name} on {row.table}: region weights level by level (coarse levels are "
+         f"sums of their finer regions' weights).", levels)
   for row in table.BAG_ROWS:
     if (row.train_examples != max(table.BAG_TRAIN_SIZES)
         or _model_kwargs(row).pooling not in ("attention", "gated")):
@@ -291,9 +297,9 @@ def make_figures(out: str | None, summary: Mapping[str, Any], results_dir: str
     save(f"bag_{row.key}.png",
          f"{row.name}, {row.train_examples} training bags: a positive test bag, each "
          f"instance titled label: weight; target 9s framed green, the most attended red.",
-         example and (lambda e=example: viz.bag_figure(
-             e["bag"], e["weights"], mask=e["mask"], instance_labels=e["instance_labels"],
-             target=9)))
+         None if example is None else functools.partial(
+             viz.bag_figure, example["bag"], example["weights"], mask=example["mask"],
+             instance_labels=example["instance_labels"], target=9))
   return figures
 
 

@@ -55,7 +55,10 @@ def load_run(config: ml_collections.ConfigDict, workdir: str):
 
 def _attention_outputs(intermediates, image_hw) -> dict[str, Any]:
   """What the figures need from a model's sown attention (None where it has none)."""
-  outputs = {"map": loop.attention_maps_or_none(intermediates, image_hw)}
+  try:
+    outputs = {"map": ra_nn.attention_maps(intermediates, image_hw)}
+  except ValueError:  # Nothing sown: a plain CNN or a channel-attention model.
+    outputs = {"map": None}
   for name in (ra_nn.REGION_WEIGHTS, ra_nn.INSTANCE_WEIGHTS):
     try:
       outputs[name] = ra_nn.topmost(intermediates, name)[0]

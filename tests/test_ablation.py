@@ -19,7 +19,7 @@ from experiments.ablation import run
 from experiments.configs import ablation as table
 from experiments.configs import cifar10
 from regionatt_jax import data
-from regionatt_jax.train import loop
+from regionatt_jax import nn as ra_nn
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -47,7 +47,7 @@ def test_every_row_gives_a_valid_config_and_model(smoke):
     assert config.train.eval_every == config.train.steps == config.train.checkpoint_every
     assert not config.train.progress_bar and config.train.num_figures == 0
     spec = data.dataset_spec(config.dataset.name)
-    model = loop.build_model(config, spec.num_classes)
+    model = ra_nn.build_model(config.model, spec.num_classes)
     assert type(model).__name__ == config.model.name
   steps = {row.table: table.make_config(row, 0, data_dir="/data").train.steps
            for row in table.ROWS}
@@ -74,7 +74,7 @@ def test_real_dataset_rows_use_the_recipe_of_the_real_image_configs():
   for row in table.REAL_ROWS:
     config = table.make_config(row, 0, data_dir="/data")
     spec = data.dataset_spec(config.dataset.name)
-    assert loop.build_model(config, spec.num_classes).backbone == "resnet18"
+    assert ra_nn.build_model(config.model, spec.num_classes).backbone == "resnet18"
     if row.table == "cifar10":
       assert config.optim == cifar10.get_config().optim  # one recipe, no drift
   assert {row.table for row in table.REAL_ROWS} == {"cifar10", "eurosat", "patch_camelyon"}
@@ -105,8 +105,8 @@ def test_every_model_initializes_abstractly():
   for row in table.ROWS:
     config = table.make_config(row, 0, data_dir="/data", smoke=True)
     spec = data.dataset_spec(config.dataset.name)
-    model = loop.build_model(config, spec.num_classes)
-    shape = (2,) + ((spec.max_bag_size,) if spec.max_bag_size else ()) + spec.image_shape
+    model = ra_nn.build_model(config.model, spec.num_classes)
+    shape = (2, *spec.example_shape)
     variables = jax.eval_shape(lambda m=model, s=shape: m.init(jax.random.PRNGKey(0),
                                                              jnp.zeros(s)))
     assert "params" in variables, row.key
@@ -159,19 +159,6 @@ def test_claim_skips_runs_held_by_live_processes_and_takes_over_dead_ones(tmp_pa
   held.mkdir(parents=True)
   (held / run.LOCK_FILE).write_text(str(os.getppid()))
   assert run.run_one(row, 0, str(tmp_path / "out"), data_dir="/data") is None
-
-
-def test_steady_throughput_skips_the_compiling_window(tmp_path):
-  records = [
-      {"step": 10, "split": "train", "step_time_s": 5.0, "loss": 1.0},  # compiles
-      {"step": 20, "split": "train", "step_time_s": 0.5, "loss": 1.0},
-      {"step": 20, "split": "val", "accuracy": 0.5},
-      {"step": 25, "split": "train", "step_time_s": 0.25, "loss": 1.0},
-  ]
-  with open(tmp_path / "metrics.jsonl", "w") as f:
-    f.writelines(json.dumps(r) + "\n" for r in records)
-  # 15 steps of 32 images in 10 * 0.5 + 5 * 0.25 seconds.
-  assert measure.steady_throughput(str(tmp_path), 32) == pytest.approx(15 * 32 / 6.25)
 
 
 def _result(row, seed, accuracy, **extra):

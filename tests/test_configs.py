@@ -12,8 +12,8 @@ from experiments.configs import eurosat
 from experiments.configs import mil_digit_bags
 from experiments.configs import patch_camelyon
 from regionatt_jax import data
+from regionatt_jax import nn as ra_nn
 from regionatt_jax.train import config as config_lib
-from regionatt_jax.train import loop
 
 #: Every config file with args that exercise each of its choices.
 CONFIGS = [(default, None), (mil_digit_bags, None), (mil_digit_bags, "pooling=max"),
@@ -32,9 +32,8 @@ def test_every_config_is_valid_and_builds_its_model(module, arg):
   config = module.get_config(arg) if arg is not None else module.get_config()
   config_lib.validate_config(config, num_devices=1)
   spec = data.dataset_spec(config.dataset.name)
-  model = loop.build_model(config, spec.num_classes)
-  bag = (spec.max_bag_size,) if spec.max_bag_size else ()
-  images = jax.ShapeDtypeStruct((2, *bag, *spec.image_shape), jnp.float32)
+  model = ra_nn.build_model(config.model, spec.num_classes)
+  images = jax.ShapeDtypeStruct((2, *spec.example_shape), jnp.float32)
   logits = jax.eval_shape(lambda x: model.init_with_output(jax.random.PRNGKey(0), x)[0],
                           images)
   assert logits.shape == (2, spec.num_classes)

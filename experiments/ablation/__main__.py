@@ -19,7 +19,7 @@ from experiments import ablation
 from experiments.ablation import report
 from experiments.ablation import run
 from experiments.configs import ablation as table
-from regionatt_jax.train import loop
+from regionatt_jax import data
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -69,7 +69,7 @@ def selected_rows(tables: Sequence[str], smoke: bool, pattern: str = "") -> list
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(argv)
-  args.data_dir = loop.resolve_data_dir(args.data_dir)
+  args.data_dir = data.resolve_data_dir(args.data_dir)
   if args.one:
     result = run.run_one(table.ROWS_BY_KEY[args.one], args.seed, args.out,
                          data_dir=args.data_dir, smoke=args.smoke)

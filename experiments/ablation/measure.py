@@ -1,12 +1,11 @@
-"""What the training job does not measure, from a finished run's checkpoint and log.
+"""What the training job does not measure, from a finished run's checkpoint.
 
-Parameters, steady-state throughput, test bag AUC and instance localization (bags),
-example attention maps for the figures, and the pointing-game ceiling of a region grid.
+Parameters, test bag AUC and instance localization (bags), example attention maps for
+the figures, and the pointing-game ceiling of a region grid.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, Mapping
 
 import jax
@@ -18,47 +17,17 @@ from sklearn.metrics import roc_auc_score
 import regionatt_jax as ra
 from regionatt_jax import data
 from regionatt_jax import nn as ra_nn
+from regionatt_jax import train
 from regionatt_jax.data import digit_bags
-from regionatt_jax.train import checkpoint as checkpoint_lib
-from regionatt_jax.train import loop
-from regionatt_jax.train import metrics as metrics_lib
-from regionatt_jax.train import sharding as sharding_lib
-from regionatt_jax.train import state as state_lib
 
 #: Test images of seed 0 kept per image row for the figures.
 NUM_EXAMPLES = 8
 
 
-def load_run(config: ml_collections.ConfigDict, workdir: str):
-  """The model of `config` and the variables of the latest checkpoint in `workdir`.
-
-  Returns:
-    `(model, variables)`, `variables = {"params": ..., "batch_stats": ...}`: what
-    `regionatt_jax.train.load(workdir)` returns with the config.
-  """
-  spec = data.dataset_spec(config.dataset.name)
-  model = loop.build_model(config, spec.num_classes)
-  sample = ((spec.max_bag_size,) if spec.max_bag_size else ()) + tuple(spec.image_shape)
-  mesh = sharding_lib.make_mesh(config.mesh.model_axis_size)
-  abstract = state_lib.abstract_train_state(config, model, (1,) + sample, mesh)
-  manager = checkpoint_lib.make_manager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                                        keep_last=config.train.keep_checkpoints,
-                                        keep_best=config.train.keep_best)
-  step = manager.latest_step()
-  if step is None:
-    raise ValueError(f"workdir={workdir!r} has no checkpoint to restore")
-  items, _ = checkpoint_lib.restore(manager, step, abstract.checkpoint_items())
-  manager.close()
-  state = abstract.replace(**items)
-  return model, {"params": state.params, "batch_stats": state.batch_stats}
-
-
 def _attention_outputs(intermediates, image_hw) -> dict[str, Any]:
   """What the figures need from a model's sown attention (None where it has none)."""
-  try:
-    outputs = {"map": ra_nn.attention_maps(intermediates, image_hw)}
-  except ValueError:  # Nothing sown: a plain CNN or a channel-attention model.
-    outputs = {"map": None}
+  outputs = {"map": ra_nn.attention_maps(intermediates, image_hw)
+             if ra_nn.has_attention_map(intermediates) else None}
   for name in (ra_nn.REGION_WEIGHTS, ra_nn.INSTANCE_WEIGHTS):
     try:
       outputs[name] = ra_nn.topmost(intermediates, name)[0]
@@ -72,7 +41,6 @@ def predict_fn(model, variables):
 
   A batch has `"image"` and, for bags, the instance `"mask"`.
   """
-  variables = {name: tree for name, tree in variables.items() if tree}
 
   @jax.jit
   def predict(batch):
@@ -115,7 +83,7 @@ def pointing_ceiling(boxes: np.ndarray, image_hw: tuple[int, int],
   weights = np.zeros((len(boxes), grid[0] * grid[1]), np.float32)
   weights[np.arange(len(boxes)), cells[:, 0] * grid[1] + cells[:, 1]] = 1.0
   maps = ra.attention_map(weights, grid, image_shape=image_hw)
-  return float(np.mean(metrics_lib.pointing_game_hits(maps, boxes)))
+  return float(np.mean(train.pointing_game_hits(maps, boxes)))
 
 
 def test_pointing_ceiling(config: ml_collections.ConfigDict, grid: tuple[int, int]) -> float:
@@ -164,7 +132,7 @@ def bag_metrics(predict, config: ml_collections.ConfigDict, *, keep_example: boo
   scores, labels, hits, chance = [], [], [], []
   example = {}
   for batch in test_batches(config):
-    logits, outputs = predict({"image": batch["bag"], "mask": batch["mask"]})
+    logits, outputs = predict({"image": batch["image"], "mask": batch["mask"]})
     weights = np.asarray(outputs[ra_nn.INSTANCE_WEIGHTS])
     scores.append(logits[:, 1] - logits[:, 0])
     labels.append(batch["label"])
@@ -175,7 +143,7 @@ def bag_metrics(predict, config: ml_collections.ConfigDict, *, keep_example: boo
     chance.append((is_target.sum(-1) / batch["mask"].sum(-1))[positive])
     if keep_example and not example:
       first = int(np.flatnonzero(positive)[0])
-      example = {"bag": batch["bag"][first], "weights": weights[first],
+      example = {"bag": batch["image"][first], "weights": weights[first],
                  "mask": batch["mask"][first],
                  "instance_labels": batch["instance_labels"][first]}
   scores, labels = np.concatenate(scores), np.concatenate(labels)
@@ -204,39 +172,22 @@ def parameter_count(variables: Mapping[str, Any]) -> int:
   return int(sum(leaf.size for leaf in jax.tree.leaves(variables["params"])))
 
 
-def steady_throughput(workdir: str, batch_size: int) -> float | None:
-  """Training images/s over the logged windows after the first (which compiles).
-
-  Each 'train' record of metrics.jsonl covers the steps since the previous one and
-  carries their mean `step_time_s`.
-  """
-  records = [r for r in metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-             if r["split"] == "train"]
-  if len(records) < 2:
-    return None
-  steps = np.diff([0] + [r["step"] for r in records])
-  seconds = steps * np.array([r["step_time_s"] for r in records])
-  return float(batch_size * steps[1:].sum() / seconds[1:].sum())
-
-
-def measure(config: ml_collections.ConfigDict, workdir: str, *, bags: bool,
-            keep_example: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def measure(workdir: str, *, bags: bool, keep_example: bool
+            ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
   """The measurements of the trained run in `workdir` and its figure example.
 
   Args:
-    config: the run's config.
-    workdir: the run's directory (checkpoint, metrics.jsonl).
+    workdir: the run's directory (config and checkpoints).
     bags: the model is a MIL classifier on bags (AUC and localization).
     keep_example: return test examples with their attention for the figures.
 
   Returns:
-    `(metrics, example)`: `params`, `images_per_sec` and, for bags, `bag_metrics`;
-    `example` is `{}` unless `keep_example`.
+    `(metrics, example)`: `params` and, for bags, `bag_metrics`; `example` is `{}`
+    unless `keep_example`.
   """
-  model, variables = load_run(config, workdir)
+  model, variables, config = train.load(workdir)
   predict = predict_fn(model, variables)
-  metrics = {"images_per_sec": steady_throughput(workdir, config.train.global_batch_size),
-             "params": parameter_count(variables)}
+  metrics = {"params": parameter_count(variables)}
   if bags:
     found, example = bag_metrics(predict, config, keep_example=keep_example)
     metrics.update(found)

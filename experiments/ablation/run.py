@@ -1,6 +1,6 @@
 """Training the table: datasets, one run per (row, seed), worker processes, locks.
 
-Every (row, seed) trains through `regionatt_jax.train.loop.train_and_evaluate` in its
+Every (row, seed) trains through `regionatt_jax.train.train_and_evaluate` in its
 own directory `<out>/<row key>/seed_<s>`. A run is finished when its `result.json`
 exists; finished runs are skipped, so a command resumes after an interruption (an
 unfinished run resumes from its own checkpoint), and a per-run lock lets several
@@ -25,8 +25,8 @@ from experiments import timing
 from experiments.ablation import measure
 from experiments.configs import ablation as table
 from regionatt_jax import data
+from regionatt_jax import train
 from regionatt_jax.data import digit_bags
-from regionatt_jax.train import loop
 
 RESULT_FILE = "result.json"
 LOCK_FILE = "running.pid"
@@ -134,8 +134,8 @@ def run_one(row: table.Row, seed: int, out: str, *, data_dir: str, smoke: bool =
 def _train_and_measure(row: table.Row, seed: int, workdir: str, path: str, *, data_dir: str,
                        smoke: bool) -> dict[str, Any]:
   config = table.make_config(row, seed, data_dir=data_dir, smoke=smoke)
-  summary = loop.train_and_evaluate(config, workdir)
-  metrics, example = measure.measure(config, workdir, bags=row.table == "bags",
+  summary = train.train_and_evaluate(config, workdir)
+  metrics, example = measure.measure(workdir, bags=row.table == "bags",
                                      keep_example=seed == min(table.SEEDS))
   result = {
       "row": row.key, "name": row.name, "table": row.table, "family": row.family,
@@ -144,6 +144,7 @@ def _train_and_measure(row: table.Row, seed: int, workdir: str, path: str, *, da
       "dataset": config.dataset.name,
       **{key: summary[key] for key in ("test_accuracy", "test_pointing_game",
                                         "final_train_loss", "wall_time_s")},
+      "images_per_sec": summary["train_images_per_sec"],
       **metrics,
   }
   if example:

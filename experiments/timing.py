@@ -3,9 +3,8 @@ environment record, and the protocol of one subprocess per measured (framework, 
 
 The tuned allocator: glibc's default malloc returns every buffer above its dynamic mmap
 threshold (up to 32 MB) to the OS after use, so each training step page-faults its
-activations back in; raising both thresholds keeps them (BENCHMARKS.md, "The allocator
-setting", has the measured effect). Print it for a shell with
-`python -m experiments.timing`.
+activations back in; raising both thresholds keeps them (docs/design.md, "Allocator",
+has the measured effect). Print it for a shell with `python -m experiments.timing`.
 
 JAX and torch are imported inside the functions that need them: a worker measures one
 framework's memory, so it must not load the other.

@@ -36,6 +36,10 @@ def base_config() -> ml_collections.ConfigDict:
   # `num_classes` and `dtype` come from the dataset and `train.compute_dtype`. A region
   # head's scorer is named in `kwargs.head_kwargs.scorer` (e.g. "gated").
   config.model.kwargs = ml_collections.ConfigDict()
+  # A torchvision/timm ResNet state_dict (.pth, .pt or .safetensors) to start the
+  # backbone from ('' = random init); its architecture must be model.kwargs.backbone
+  # with backbone_kwargs.stem 'imagenet'. Attention modules and the head start fresh.
+  config.model.pretrained = ""
 
   config.train = ml_collections.ConfigDict()
   config.train.steps = 1000
@@ -69,6 +73,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Micro-batches per optimizer update (optax.MultiSteps). `train.steps` counts
   # micro-batches of `train.global_batch_size` examples.
   config.optim.grad_accum_steps = 1
+  # The backbone's own parameters (not the attention modules inside it) learn at this
+  # multiple of the learning rate, e.g. 0.1 when fine-tuning a pretrained backbone.
+  config.optim.backbone_lr_multiplier = 1.0
 
   config.mesh = ml_collections.ConfigDict()
   # Devices along the 'model' axis; the rest form the 'data' axis.
@@ -84,6 +91,7 @@ _POSITIVE_INTS = (
 _NON_NEGATIVE = (
     "train.keep_best", "train.num_figures", "optim.warmup_steps",
     "optim.weight_decay", "optim.clip_norm", "optim.end_learning_rate_ratio",
+    "optim.backbone_lr_multiplier",
 )
 # Constructor arguments, checked against the constructor by `regionatt_jax.nn.build_model`.
 _FREE_FORM = ("model.kwargs",)

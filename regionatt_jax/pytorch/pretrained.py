@@ -41,7 +41,6 @@ _TORCH_NAMES = {
 }
 #: What a checkpoint written by a training script may wrap the `state_dict` in.
 _WRAPPER_KEYS = ("state_dict", "model")
-_SUFFIXES = (".pth", ".pt", ".safetensors")
 
 Path = str | os.PathLike
 
@@ -96,11 +95,12 @@ def _unwrap(loaded: Any, source: str) -> Mapping[str, torch.Tensor]:
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-  """Reads a `state_dict` saved with `torch.save` (`.pth`, `.pt`) or safetensors.
+  """Reads a `state_dict` saved with safetensors (`.safetensors`) or `torch.save` (other
+  names, usually `.pth` or `.pt`).
 
   Args:
-    path: the file. A `torch.save` checkpoint of `{"state_dict": ...}` or `{"model": ...}`
-      gives the mapping inside.
+    path: the file (`~` is expanded). A `torch.save` checkpoint of
+      `{"state_dict": ...}` or `{"model": ...}` gives the mapping inside.
 
   Returns:
     The `state_dict`, CPU tensors.
@@ -108,9 +108,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
   Raises:
     ValueError: a missing, unreadable (e.g. truncated) or non-`state_dict` file, naming it.
   """
-  path = os.fspath(path)
-  if not path.endswith(_SUFFIXES):
-    raise ValueError(f"pretrained file {path!r}: need a {' / '.join(_SUFFIXES)} file")
+  path = os.path.expanduser(os.fspath(path))
   if not os.path.isfile(path):
     raise ValueError(f"pretrained file {path!r} does not exist")
   try:

@@ -8,6 +8,7 @@ Every key a run can set lives in `base_config()`; experiment files in
 
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping
 
 import ml_collections
@@ -168,6 +169,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
   for name, choices in _CHOICES.items():
     if _get(config, name) not in choices:
       raise ValueError(f"Config key {name!r} must be one of {choices}, got {_get(config, name)!r}.")
+  _check_pretrained(config.model.pretrained)
   if config.train.steps % config.optim.grad_accum_steps:
     raise ValueError(
         f"Config key 'train.steps' ({config.train.steps}) must be a multiple of "
@@ -185,3 +187,19 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
         raise ValueError(
             f"Config key {name!r} ({batch}) must be divisible by the number of {what} "
             f"({parts}); use a multiple of {parts}.")
+
+
+#: The file types `model.pretrained` may name: `torch.save`d state_dicts, safetensors.
+PRETRAINED_SUFFIXES = (".pth", ".pt", ".safetensors")
+
+
+def _check_pretrained(path: str) -> None:
+  """A set `model.pretrained` names an existing file of a readable type (its contents are
+  checked when the train state is created)."""
+  if not path:
+    return
+  if not path.endswith(PRETRAINED_SUFFIXES):
+    raise ValueError(f"Config key 'model.pretrained' must be a {' / '.join(PRETRAINED_SUFFIXES)} "
+                     f"file, got {path!r}.")
+  if not os.path.isfile(os.path.expanduser(path)):
+    raise ValueError(f"Config key 'model.pretrained': no file {path!r}.")

@@ -3,16 +3,21 @@
 `merge_pretrained` puts a pretrained backbone into freshly initialized variables of a
 model that may have more (attention modules inside the backbone, a region-attention
 head, a classifier for other classes), and says which leaves came from where.
-`load_pretrained_backbone` does it from a torchvision/timm ResNet file (needs torch).
+`load_pretrained_backbone` reads the backbone of a torchvision/timm ResNet file (needs
+torch) for a model; `create_train_state` merges it when `config.model.pretrained` is set.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
+from absl import logging
 from flax import traverse_util
 
 
@@ -76,27 +81,50 @@ def merge_pretrained(variables: Mapping[str, Any], pretrained: Mapping[str, Any]
                 ["/".join(key) for key in flat if key in new])
 
 
-def load_pretrained_backbone(path: str | os.PathLike, arch: str,
-                             variables: Mapping[str, Any]) -> Merged:
-  """`merge_pretrained` of the torchvision/timm ResNet saved at `path` (needs torch).
+def load_pretrained_backbone(path: str | os.PathLike, model: nn.Module,
+                             input_shape: Sequence[int]) -> tuple[dict[str, Any], Merged]:
+  """The backbone of the torchvision/timm ResNet saved at `path`, checked against `model`.
+
+  Reads and converts the file (needs torch), checks that its backbone fits `model`'s
+  (by shapes only, without initializing `model`), and logs which leaves it fills and
+  which stay as initialized.
 
   Args:
     path: a `.pth`/`.pt`/`.safetensors` `state_dict` of a torchvision or timm ResNet.
-    arch: the model's backbone ("resnet18", "resnet34", "resnet50", ...); the file must
-      hold exactly that architecture.
-    variables: the model's freshly initialized variables; its backbone must have the
-      "imagenet" stem and torchvision's width.
+    model: a model with a ResNet `backbone` ("resnet18", "resnet34", "resnet50", ...)
+      with the "imagenet" stem and torchvision's width; the file must hold exactly that
+      architecture.
+    input_shape: `(B, H, W, C)` of the model's input.
 
   Returns:
-    See `merge_pretrained`.
+    `(pretrained, merged)`: the file's backbone as variables
+    (`{"params": {"backbone": ...}, "batch_stats": {"backbone": ...}}`) for
+    `merge_pretrained(variables, pretrained)` after `model.init`, and that merge done on
+    shapes, whose `loaded` and `new` name the leaves.
 
   Raises:
-    ValueError: an unreadable file, another architecture or a leaf of another shape,
-      naming the file and the first offending `state_dict` key.
+    ValueError: a model without a ResNet backbone, an unreadable file, another
+      architecture or a leaf of another shape, naming the file and the first offending
+      `state_dict` key.
   """
   from regionatt_jax import pytorch  # pylint: disable=g-import-not-at-top
-  _, pretrained = pytorch.from_torchvision(path, arch=arch)
+  from regionatt_jax.pytorch import pretrained as torch_pretrained  # pylint: disable=g-import-not-at-top
+  path = os.fspath(path)
+  arch = getattr(model, "backbone", None)
+  if arch not in torch_pretrained.resnet_architectures().values():
+    raise ValueError(f"Config key 'model.pretrained' ({path!r}) needs a model with a ResNet "
+                     f"backbone ({sorted(torch_pretrained.resnet_architectures().values())}); "
+                     f"{type(model).__name__} has backbone {arch!r}.")
+  _, converted = pytorch.from_torchvision(path, arch=arch)
+  pretrained = {collection: {"backbone": tree["backbone"]}
+                for collection, tree in converted.items()}
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                          jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32))
   try:
-    return merge_pretrained(variables, pretrained, name=pytorch.torchvision_key)
+    merged = merge_pretrained(shapes, pretrained, name=pytorch.torchvision_key)
   except ValueError as error:
-    raise ValueError(f"pretrained file {os.fspath(path)!r}: {error}") from None
+    raise ValueError(f"pretrained file {path!r}: {error}") from None
+  logging.warning("Pretrained backbone %s (%s): %d leaves loaded, %d new: %s", path, arch,
+                  len(merged.loaded), len(merged.new), ", ".join(merged.new))
+  logging.info("Leaves loaded from %s: %s", path, ", ".join(merged.loaded))
+  return pretrained, merged

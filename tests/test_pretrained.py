@@ -16,8 +16,13 @@ torch = pytest.importorskip(
     "torch", reason="converting torchvision weights needs torch (pip install .[torch])")
 
 import regionatt_jax.nn as rn  # noqa: E402
+from regionatt_jax import data as data_lib  # noqa: E402
 from regionatt_jax import pytorch as ra_torch  # noqa: E402
+from regionatt_jax.train import config as config_lib  # noqa: E402
+from regionatt_jax.train import loop  # noqa: E402
 from regionatt_jax.train import pretrained as pretrained_lib  # noqa: E402
+from regionatt_jax.train import state as state_lib  # noqa: E402
+from tests import train_helpers  # noqa: E402
 
 _TORCHVISION_OPS = []  # Keeps the operator schemas of `_import_vision` registered.
 
@@ -196,3 +201,109 @@ def test_merge_into_another_stem_or_width_names_the_key():
                  shapes_only=True)
   with pytest.raises(ValueError, match=r"'conv1.weight'.*\(7, 7, 3, 64\).*\(7, 7, 3, 32\)"):
     pretrained_lib.merge_pretrained(narrow, pretrained, name=ra_torch.torchvision_key)
+
+
+# --- model.pretrained in a training run ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_data_dir(tmp_path_factory):
+  from regionatt_jax import data  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path_factory.mktemp("tfds"))
+  data.prepare("cluttered_digits/tiny", path)
+  return path
+
+
+def _grayscale_file(directory, arch="resnet18", suffix=".pth"):
+  """A torchvision ResNet for 1-channel images (conv1 summed over RGB, as for grayscale
+  inputs), saved to `directory`."""
+  state_dict = dict(_vision_resnet(arch).state_dict())
+  state_dict["conv1.weight"] = state_dict["conv1.weight"].sum(1, keepdim=True)
+  return _save(state_dict, directory / f"{arch}{suffix}")
+
+
+def _finetune_config(data_dir, pretrained, steps=2, **backbone_kwargs):
+  """ResNet-18 + SE on the 32x32 `cluttered_digits/tiny`, backbone from `pretrained`."""
+  config = train_helpers.tiny_config(data_dir, steps=steps)
+  config.model.name = "RegionAttentionClassifier"
+  config.model.kwargs = {"backbone": "resnet18", "attention": "se", "head": None,
+                         "backbone_kwargs": {"stem": "imagenet", **backbone_kwargs}}
+  config.model.pretrained = pretrained
+  config.optim.backbone_lr_multiplier = 0.1
+  config.train.num_figures = 0
+  return config
+
+
+def test_train_state_starts_from_the_files_backbone(tmp_path):
+  path = _grayscale_file(tmp_path, suffix=".safetensors")
+  config = _finetune_config("", path)
+  model = loop.build_model(config, 10)
+  state = state_lib.create_train_state(config, model, jax.random.PRNGKey(0), (1, 32, 32, 1))
+  config.model.pretrained = ""
+  fresh = state_lib.create_train_state(config, model, jax.random.PRNGKey(0), (1, 32, 32, 1))
+  _, from_file = ra_torch.from_torchvision(path)
+  from_file = traverse_util.flatten_dict(from_file)
+  got = traverse_util.flatten_dict({"params": state.params, "batch_stats": state.batch_stats})
+  initialized = traverse_util.flatten_dict({"params": fresh.params,
+                                            "batch_stats": fresh.batch_stats})
+  loaded = {key for key in from_file if key[1] == "backbone"}  # not the 1000-class fc
+  assert loaded <= got.keys()
+  attention = [key for key in got if "attention" in key]
+  assert attention and not set(attention) & set(loaded)
+  for key, value in got.items():
+    np.testing.assert_array_equal(value, from_file[key] if key in loaded else initialized[key],
+                                  err_msg=str(key))
+
+
+@pytest.mark.slow
+def test_a_config_with_a_pretrained_file_trains(tmp_path, tiny_data_dir):
+  config = _finetune_config(tiny_data_dir, _grayscale_file(tmp_path), steps=2)
+  summary = loop.train_and_evaluate(config, str(tmp_path / "run"))
+  assert summary["steps"] == 2 and np.isfinite(summary["final_train_loss"])
+
+
+def _truncated(directory):
+  path = _grayscale_file(directory)
+  with open(path, "r+b") as f:
+    f.truncate(1000)
+  return path, "cannot be read as a state_dict"
+
+
+@pytest.mark.parametrize("bad_file, backbone_kwargs", [
+    (_truncated, {}),
+    (lambda d: (_grayscale_file(d, "resnet34"), "a torchvision resnet18 lacks: "
+                                                "'layer1.2.conv1.weight'"), {}),
+    (lambda d: (_grayscale_file(d), r"'conv1.weight' has shape \(7, 7, 1, 64\), the model's "
+                                    r"params/backbone/conv1/kernel has \(7, 7, 1, 32\)"),
+     {"width": 32}),
+], ids=["truncated", "resnet34_for_resnet18", "other_width"])
+def test_a_bad_pretrained_file_stops_the_run_before_training(tmp_path, tiny_data_dir, bad_file,
+                                                             backbone_kwargs):
+  path, problem = bad_file(tmp_path)
+  workdir = tmp_path / "run"
+  config = _finetune_config(tiny_data_dir, path, **backbone_kwargs)
+  with pytest.raises(ValueError, match=f"pretrained file '{path}'.*{problem}"):
+    loop.train_and_evaluate(config, str(workdir))
+  assert not (workdir / "metrics.jsonl").exists()
+  assert not list((workdir / "checkpoints").glob("[0-9]*"))
+
+
+def test_a_missing_pretrained_file_fails_validation(tmp_path, tiny_data_dir):
+  config = _finetune_config(tiny_data_dir, str(tmp_path / "absent.pth"))
+  with pytest.raises(ValueError, match="'model.pretrained': no file '.*absent.pth'"):
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", ["eurosat_finetune", "patch_camelyon_finetune"])
+def test_finetune_configs_take_torchvisions_resnet50(tmp_path, name):
+  config = importlib.import_module(f"experiments.configs.{name}").get_config()
+  assert config.model.pretrained.endswith(".pth")
+  config.model.pretrained = _save(_vision_resnet("resnet50").state_dict(),
+                                  tmp_path / "resnet50.pth")
+  config_lib.validate_config(config, num_devices=1)
+  spec = data_lib.dataset_spec(config.dataset.name)
+  model = loop.build_model(config, spec.num_classes)
+  _, merged = pretrained_lib.load_pretrained_backbone(config.model.pretrained, model,
+                                                      (1, *spec.image_shape))
+  assert len(merged.loaded) == 265  # every backbone leaf of torchvision's resnet50
+  assert all("attention" in p or not p.split("/")[1] == "backbone" for p in merged.new)

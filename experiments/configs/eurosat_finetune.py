@@ -18,39 +18,28 @@ About 30 epochs of the 21.6k training images. The 64x64 images leave a 2x2 featu
 after the ImageNet stem's and the stages' 32x downsampling, hence the 2x2 grid.
 """
 
-from regionatt_jax.train.config import base_config
+from experiments.configs import cifar10
 
 #: Where `torchvision.models.resnet50(weights="IMAGENET1K_V2")` caches its weights.
 TORCHVISION_RESNET50 = "~/.cache/torch/hub/checkpoints/resnet50-11ad3fa6.pth"
 
 
 def finetune_config(dataset: str, grid: tuple[int, int], steps: int):
-  """ResNet-50 + CBAM from `TORCHVISION_RESNET50`, region head on `grid`, SGD with the
-  backbone at 0.1x the learning rate."""
-  config = base_config()
+  """The cifar10 recipe (`cifar10.py`) with ResNet-50 + CBAM from `TORCHVISION_RESNET50`,
+  a region head on `grid`, a tenth of its learning rate, and the backbone at 0.1x that."""
+  config = cifar10.get_config()
   config.dataset.name = dataset
-  config.dataset.augment = True
-  config.model.name = "RegionAttentionClassifier"
   config.model.kwargs.backbone = "resnet50"
   config.model.kwargs.backbone_kwargs = {"stem": "imagenet"}
   config.model.kwargs.attention = "cbam"
-  config.model.kwargs.head = "region"
   config.model.kwargs.head_kwargs = {"grid": grid}
   config.model.pretrained = TORCHVISION_RESNET50
   config.train.steps = steps
-  config.train.global_batch_size = 128
-  config.train.eval_batch_size = 500
-  config.train.compute_dtype = "bfloat16"
-  config.train.log_every = 100
-  config.train.eval_every = 1000
-  config.train.checkpoint_every = 1000
-  config.optim.name = "sgd"
+  config.train.eval_every = config.train.checkpoint_every = 1000
   config.optim.learning_rate = 0.01 * config.train.global_batch_size / 256
   config.optim.backbone_lr_multiplier = 0.1
-  config.optim.momentum = 0.9
   config.optim.weight_decay = 1e-4
   config.optim.warmup_steps = 200
-  config.optim.clip_norm = 0.0
   return config
 
 

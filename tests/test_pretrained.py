@@ -22,7 +22,6 @@ from regionatt_jax.train import config as config_lib  # noqa: E402
 from regionatt_jax.train import loop  # noqa: E402
 from regionatt_jax.train import pretrained as pretrained_lib  # noqa: E402
 from regionatt_jax.train import state as state_lib  # noqa: E402
-from tests import train_helpers  # noqa: E402
 
 _TORCHVISION_OPS = []  # Keeps the operator schemas of `_import_vision` registered.
 
@@ -168,15 +167,20 @@ def _classifier(**kwargs):
       backbone_kwargs={"stem": "imagenet"}, head_kwargs={"grid": (2, 2)}, **kwargs)
 
 
-def _init(model, shapes_only=False):
-  init = functools.partial(model.init, train=False)
-  args = jax.random.key(1), jnp.zeros((1, 64, 64, 3))
-  return jax.eval_shape(init, *args) if shapes_only else jax.jit(init)(*args)
+def _variables(model, seed=None):
+  """`model`'s variables: their shapes, or (with a seed) random values, which stand in
+  for an initialization at no compile cost."""
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                          jnp.zeros((1, 64, 64, 3)))
+  if seed is None:
+    return shapes
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape), s.dtype), shapes)
 
 
 def test_merge_loads_the_backbone_and_keeps_attention_and_head_as_initialized():
   _, pretrained = ra_torch.from_torchvision(_vision_resnet("resnet18"))
-  fresh = _init(_classifier())
+  fresh = _variables(_classifier(), seed=1)
   merged = pretrained_lib.merge_pretrained(fresh, pretrained)
   flat_fresh = traverse_util.flatten_dict(fresh)
   flat_pretrained = traverse_util.flatten_dict(pretrained)
@@ -193,25 +197,16 @@ def test_merge_loads_the_backbone_and_keeps_attention_and_head_as_initialized():
 
 def test_merge_into_another_stem_or_width_names_the_key():
   _, pretrained = ra_torch.from_torchvision(_vision_resnet("resnet18"))
-  small_stem = _init(_classifier().clone(backbone_kwargs={"stem": "small"}), shapes_only=True)
+  small_stem = _variables(_classifier().clone(backbone_kwargs={"stem": "small"}))
   with pytest.raises(ValueError, match=r"'conv1.weight'.*\(7, 7, 3, 64\).*\(3, 3, 3, 64\)"):
     pretrained_lib.merge_pretrained(small_stem, pretrained,
                                     name=ra_torch.torchvision_key)
-  narrow = _init(_classifier().clone(backbone_kwargs={"stem": "imagenet", "width": 32}),
-                 shapes_only=True)
+  narrow = _variables(_classifier().clone(backbone_kwargs={"stem": "imagenet", "width": 32}))
   with pytest.raises(ValueError, match=r"'conv1.weight'.*\(7, 7, 3, 64\).*\(7, 7, 3, 32\)"):
     pretrained_lib.merge_pretrained(narrow, pretrained, name=ra_torch.torchvision_key)
 
 
 # --- model.pretrained in a training run ------------------------------------------------
-
-@pytest.fixture(scope="module")
-def tiny_data_dir(tmp_path_factory):
-  from regionatt_jax import data  # pylint: disable=g-import-not-at-top
-  path = str(tmp_path_factory.mktemp("tfds"))
-  data.prepare("cluttered_digits/tiny", path)
-  return path
-
 
 def _grayscale_file(directory, arch="resnet18", suffix=".pth"):
   """A torchvision ResNet for 1-channel images (conv1 summed over RGB, as for grayscale
@@ -221,22 +216,21 @@ def _grayscale_file(directory, arch="resnet18", suffix=".pth"):
   return _save(state_dict, directory / f"{arch}{suffix}")
 
 
-def _finetune_config(data_dir, pretrained, steps=2, **backbone_kwargs):
-  """ResNet-18 + SE on the 32x32 `cluttered_digits/tiny`, backbone from `pretrained`."""
-  config = train_helpers.tiny_config(data_dir, steps=steps)
-  config.model.name = "RegionAttentionClassifier"
+def _finetune(config, pretrained, **backbone_kwargs):
+  """`config` (the tiny one, on the 32x32 `cluttered_digits/tiny`) for two steps of
+  ResNet-18 + SE, the backbone from `pretrained`."""
   config.model.kwargs = {"backbone": "resnet18", "attention": "se", "head": None,
                          "backbone_kwargs": {"stem": "imagenet", **backbone_kwargs}}
   config.model.pretrained = pretrained
   config.optim.backbone_lr_multiplier = 0.1
-  config.train.num_figures = 0
+  config.train.steps = 2
   return config
 
 
-def test_train_state_starts_from_the_files_backbone(tmp_path):
+def test_train_state_starts_from_the_files_backbone(tmp_path, tiny_config):
   path = _grayscale_file(tmp_path, suffix=".safetensors")
-  config = _finetune_config("", path)
-  model = loop.build_model(config, 10)
+  config = _finetune(tiny_config, path)
+  model = rn.build_model(config.model, 10)
   state = state_lib.create_train_state(config, model, jax.random.PRNGKey(0), (1, 32, 32, 1))
   config.model.pretrained = ""
   fresh = state_lib.create_train_state(config, model, jax.random.PRNGKey(0), (1, 32, 32, 1))
@@ -255,8 +249,8 @@ def test_train_state_starts_from_the_files_backbone(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_config_with_a_pretrained_file_trains(tmp_path, tiny_data_dir):
-  config = _finetune_config(tiny_data_dir, _grayscale_file(tmp_path), steps=2)
+def test_a_config_with_a_pretrained_file_trains(tmp_path, tiny_config):
+  config = _finetune(tiny_config, _grayscale_file(tmp_path))
   summary = loop.train_and_evaluate(config, str(tmp_path / "run"))
   assert summary["steps"] == 2 and np.isfinite(summary["final_train_loss"])
 
@@ -276,19 +270,19 @@ def _truncated(directory):
                                     r"params/backbone/conv1/kernel has \(7, 7, 1, 32\)"),
      {"width": 32}),
 ], ids=["truncated", "resnet34_for_resnet18", "other_width"])
-def test_a_bad_pretrained_file_stops_the_run_before_training(tmp_path, tiny_data_dir, bad_file,
+def test_a_bad_pretrained_file_stops_the_run_before_training(tmp_path, tiny_config, bad_file,
                                                              backbone_kwargs):
   path, problem = bad_file(tmp_path)
   workdir = tmp_path / "run"
-  config = _finetune_config(tiny_data_dir, path, **backbone_kwargs)
+  config = _finetune(tiny_config, path, **backbone_kwargs)
   with pytest.raises(ValueError, match=f"pretrained file '{path}'.*{problem}"):
     loop.train_and_evaluate(config, str(workdir))
   assert not (workdir / "metrics.jsonl").exists()
   assert not list((workdir / "checkpoints").glob("[0-9]*"))
 
 
-def test_a_missing_pretrained_file_fails_validation(tmp_path, tiny_data_dir):
-  config = _finetune_config(tiny_data_dir, str(tmp_path / "absent.pth"))
+def test_a_missing_pretrained_file_fails_validation(tmp_path, tiny_config):
+  config = _finetune(tiny_config, str(tmp_path / "absent.pth"))
   with pytest.raises(ValueError, match="'model.pretrained': no file '.*absent.pth'"):
     loop.train_and_evaluate(config, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
@@ -302,7 +296,7 @@ def test_finetune_configs_take_torchvisions_resnet50(tmp_path, name):
                                   tmp_path / "resnet50.pth")
   config_lib.validate_config(config, num_devices=1)
   spec = data_lib.dataset_spec(config.dataset.name)
-  model = loop.build_model(config, spec.num_classes)
+  model = rn.build_model(config.model, spec.num_classes)
   _, merged = pretrained_lib.load_pretrained_backbone(config.model.pretrained, model,
                                                       (1, *spec.image_shape))
   assert len(merged.loaded) == 265  # every backbone leaf of torchvision's resnet50

@@ -103,11 +103,13 @@ def test_timm_resnet50_logits_are_reproduced():
   _assert_same_logits(torch_model, model, variables)
 
 
-@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
-def test_a_saved_file_converts_like_the_module(tmp_path, suffix):
+@pytest.mark.parametrize("name", ["resnet18.pth", "resnet18.safetensors", "checkpoint.pt"])
+def test_a_saved_file_converts_like_the_module(tmp_path, name):
   torch_model = _vision_resnet("resnet18", num_classes=3)
-  path = _save(torch_model.state_dict(), tmp_path / f"resnet18{suffix}")
-  model, variables = ra_torch.from_torchvision(path)
+  state_dict = torch_model.state_dict()
+  if name == "checkpoint.pt":  # A training script's checkpoint holding the state_dict.
+    state_dict = {"model": state_dict, "epoch": 3}
+  model, variables = ra_torch.from_torchvision(_save(state_dict, tmp_path / name))
   _, direct = ra_torch.from_torchvision(torch_model)
   assert model.backbone == "resnet18"
   jax.tree.map(np.testing.assert_array_equal, variables, direct)

@@ -18,23 +18,22 @@ About 30 epochs of the 21.6k training images. The 64x64 images leave a 2x2 featu
 after the ImageNet stem's and the stages' 32x downsampling, hence the 2x2 grid.
 """
 
-from experiments.configs import cifar10
+from experiments.configs import common
 
 #: Where `torchvision.models.resnet50(weights="IMAGENET1K_V2")` caches its weights.
 TORCHVISION_RESNET50 = "~/.cache/torch/hub/checkpoints/resnet50-11ad3fa6.pth"
 
 
 def finetune_config(dataset: str, grid: tuple[int, int], steps: int):
-  """The cifar10 recipe (`cifar10.py`) with ResNet-50 + CBAM from `TORCHVISION_RESNET50`,
-  a region head on `grid`, a tenth of its learning rate, and the backbone at 0.1x that."""
-  config = cifar10.get_config()
-  config.dataset.name = dataset
+  """The ResNet recipe (`common.resnet18_recipe`) with ResNet-50 + CBAM from
+  `TORCHVISION_RESNET50`, a region head on `grid`, a tenth of its learning rate, and the
+  backbone at 0.1x that."""
+  config = common.resnet18_recipe(dataset, steps, arg=None)
   config.model.kwargs.backbone = "resnet50"
   config.model.kwargs.backbone_kwargs = {"stem": "imagenet"}
   config.model.kwargs.attention = "cbam"
   config.model.kwargs.head_kwargs = {"grid": grid}
   config.model.pretrained = TORCHVISION_RESNET50
-  config.train.steps = steps
   config.train.eval_every = config.train.checkpoint_every = 1000
   config.optim.learning_rate = 0.01 * config.train.global_batch_size / 256
   config.optim.backbone_lr_multiplier = 0.1

@@ -251,13 +251,11 @@ def test_predict_reports_each_bad_input_and_goes_on(capsys, tmp_path, model_and_
       str(tmp_path / "empty"): "directory has no PNG or JPEG images",
       str(tmp_path / "missing.jpg"): "no such file or directory",
   }
-  locked = tmp_path / "locked.png"
-  Image.fromarray(_pixels((8, 8))).save(locked)
-  locked.chmod(0)
-  if not os.access(locked, os.R_OK):  # root reads it anyway
-    bad[str(locked)] = "cannot read"
   inputs = [str(tmp_path / "images"), str(tmp_path / "empty"), str(tmp_path / "missing.jpg")]
-  inputs += [str(locked)] if str(locked) in bad else []
+  if os.path.exists("/proc/self/mem"):  # Linux: a file whose reads fail, for root too
+    (tmp_path / "unreadable.png").symlink_to("/proc/self/mem")
+    bad[str(tmp_path / "unreadable.png")] = "cannot read (Input/output error)"
+    inputs.append(str(tmp_path / "unreadable.png"))
   code, lines, errors = _run(capsys, ["--exported", exported_path, *inputs,
                                       "--out", str(tmp_path / "out"), "--batch_size", "3"])
   assert code == 1

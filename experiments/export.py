@@ -23,24 +23,35 @@ from collections.abc import Sequence
 from regionatt_jax import inference
 
 
+def _platforms(text: str) -> tuple[str, ...]:
+  platforms = tuple(p.strip() for p in text.split(",") if p.strip())
+  unknown = set(platforms) - set(inference.EXPORT_PLATFORMS)
+  if not platforms or unknown:
+    raise argparse.ArgumentTypeError(
+        f"need names from {', '.join(inference.EXPORT_PLATFORMS)}, got {text!r}")
+  return platforms
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog="export", description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", required=True, help="a training workdir")
   parser.add_argument("--out", required=True, help="the artifact file to write")
-  parser.add_argument("--platforms", default=",".join(inference.PLATFORMS),
-                      help="comma-separated JAX platforms to run on (cpu, cuda, rocm, tpu)")
+  parser.add_argument("--platforms", type=_platforms, default=inference.PLATFORMS,
+                      help=f"comma-separated JAX platforms to run on, of "
+                      f"{', '.join(inference.EXPORT_PLATFORMS)}")
   return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(argv)
-  platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
   try:
     model, variables, sample_shape = inference.load_image_model(args.workdir)
     exported = inference.export_inference(model, variables, sample_shape,
-                                          platforms=platforms)
+                                          platforms=args.platforms)
   except (OSError, ValueError) as error:
-    print(f"export: error: {error}", file=sys.stderr)
+    message = str(error)
+    named = message if args.workdir in message else f"{args.workdir}: {message}"
+    print(f"export: error: {named}", file=sys.stderr)
     return 2
   blob = exported.serialize()
   with open(args.out, "wb") as f:

@@ -36,6 +36,8 @@ from regionatt_jax.train import step as step_lib
 
 #: Platforms an exported artifact runs on by default: any JAX backend a user may have.
 PLATFORMS = ("cpu", "cuda", "tpu")
+#: Every platform `jax.export` lowers for.
+EXPORT_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 #: File name suffixes `image_files` looks for in a directory (any case).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -103,8 +105,10 @@ def export_inference(model, variables: Mapping[str, Any], sample_shape: Sequence
   sample_shape = tuple(int(v) for v in sample_shape)
   if not sample_shape or min(sample_shape) < 1:
     raise ValueError(f"sample_shape must be positive sizes (H, W, C), got {sample_shape}")
-  if not platforms or isinstance(platforms, str):
-    raise ValueError(f"platforms must be a non-empty sequence of names, got {platforms!r}")
+  if (not platforms or isinstance(platforms, str)
+      or not set(platforms) <= set(EXPORT_PLATFORMS)):
+    raise ValueError(f"platforms must be a non-empty sequence of names from "
+                     f"{EXPORT_PLATFORMS}, got {platforms!r}")
   batch, = jax_export.symbolic_shape("b")
   images = jax.ShapeDtypeStruct((batch, *sample_shape), np.float32)
   infer = jax.jit(functools.partial(_model_output, model, variables))

@@ -170,8 +170,9 @@ def test_export_checks_its_arguments(model_and_variables):
   model, variables = model_and_variables
   with pytest.raises(ValueError, match="sample_shape"):
     inference.export_inference(model, variables, (0, 32, 1))
-  with pytest.raises(ValueError, match="platforms"):
-    inference.export_inference(model, variables, SAMPLE_SHAPE, platforms="cpu")
+  for platforms in ("cpu", (), ("cpu", "gpu")):
+    with pytest.raises(ValueError, match="platforms must be"):
+      inference.export_inference(model, variables, SAMPLE_SHAPE, platforms=platforms)
 
 
 # ------------------------------------------------------------------- predict

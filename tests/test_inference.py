@@ -3,6 +3,7 @@ artifact (reloaded in a process without the model code), and `experiments.predic
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments import predict
+from experiments import export, predict
 from experiments.configs import default
 from regionatt_jax import inference, train, viz
 
@@ -135,34 +136,18 @@ def test_resize_map_takes_the_value_under_each_pixel_centre():
 # ------------------------------------------------------------------- export
 
 
-def test_exported_artifact_runs_without_the_model_code(model_and_variables, exported_path,
-                                                       tmp_path):
+def test_exported_artifact_has_a_symbolic_batch(model_and_variables, exported_path):
   model, variables = model_and_variables
   images = np.random.RandomState(2).uniform(-1, 1, (3,) + SAMPLE_SHAPE).astype(np.float32)
-  np.save(tmp_path / "images.npy", images)
-  # A fresh interpreter in which importing this library or Flax fails.
-  script = textwrap.dedent(f"""
-      import sys
-      for blocked in ("regionatt_jax", "flax", "experiments"):
-        sys.modules[blocked] = None
-      import jax, numpy as np
-      exported = jax.export.deserialize(bytearray(open({exported_path!r}, "rb").read()))
-      for batch in (3, 1):  # the batch size is symbolic
-        logits, maps = exported.call(np.load({str(tmp_path / 'images.npy')!r})[:batch])
-        np.save({str(tmp_path)!r} + f"/logits_{{batch}}.npy", logits)
-        np.save({str(tmp_path)!r} + f"/maps_{{batch}}.npy", maps)
-      """)
-  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-  subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, env=env,
-                 timeout=300)
+  with open(exported_path, "rb") as f:
+    exported = jax.export.deserialize(bytearray(f.read()))
   logits, maps = inference.inference_function(model, variables)(images)
   for batch in (3, 1):
-    np.testing.assert_allclose(np.load(tmp_path / f"logits_{batch}.npy"), logits[:batch],
-                               rtol=0, atol=1e-6)
-    np.testing.assert_allclose(np.load(tmp_path / f"maps_{batch}.npy"), maps[:batch],
-                               rtol=0, atol=1e-6)
+    got_logits, got_maps = exported.call(images[:batch])
+    np.testing.assert_allclose(got_logits, logits[:batch], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got_maps, maps[:batch], rtol=0, atol=1e-6)
   # The map is the model's region weights at image resolution: 4x4 blocks summing to 1.
-  blocks = maps[0].reshape(4, 8, 4, 8)
+  blocks = np.asarray(maps[0]).reshape(4, 8, 4, 8)
   assert np.allclose(blocks, blocks[:, :1, :, :1]) and np.isclose(blocks[:, 0, :, 0].sum(), 1)
 
 
@@ -280,3 +265,95 @@ def test_predict_bad_model_file_is_one_line_and_exit_2(capsys, tmp_path, make, r
   assert code == 2 and lines == []
   assert len(errors) == 1
   assert errors[0].startswith(f"predict: error: {tmp_path / 'model.jaxexport'}: {reason}")
+
+
+# ------------------------------------------------------------------- from a workdir
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+  """A few steps of the default model on `cluttered_digits/tiny` (`SAMPLE_SHAPE` images)."""
+  config = default.get_config()
+  config.dataset.name = "cluttered_digits/tiny"
+  config.dataset.data_dir = str(tmp_path_factory.mktemp("tfds"))
+  config.model.kwargs.backbone_kwargs = {"features": (8, 8, 16, 16)}
+  config.train.steps = 4
+  config.train.global_batch_size = 16
+  config.train.eval_batch_size = 64
+  config.train.log_every = config.train.eval_every = config.train.checkpoint_every = 4
+  config.train.num_figures = 0
+  config.train.progress_bar = False
+  config.optim.warmup_steps = 1
+  workdir = str(tmp_path_factory.mktemp("run"))
+  train.train_and_evaluate(config, workdir)
+  return workdir
+
+
+def _outputs_in_fresh_process(artifact: str, images: np.ndarray, directory) -> dict:
+  """`exported.call` per batch size, run by a Python that cannot import the model code."""
+  np.save(directory / "images.npy", images)
+  script = textwrap.dedent(f"""
+      import sys
+      for blocked in ("regionatt_jax", "flax", "experiments"):
+        sys.modules[blocked] = None
+      import jax, numpy as np
+      exported = jax.export.deserialize(bytearray(open({artifact!r}, "rb").read()))
+      images = np.load("images.npy")
+      for batch in (len(images), 1):  # the batch size is symbolic
+        logits, maps = exported.call(images[:batch])
+        np.savez(f"outputs_{{batch}}.npz", logits=logits, maps=maps)
+      """)
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  subprocess.run([sys.executable, "-c", script], check=True, cwd=directory, env=env,
+                 timeout=300)
+  return {batch: dict(np.load(directory / f"outputs_{batch}.npz"))
+          for batch in (len(images), 1)}
+
+
+@pytest.mark.slow
+def test_export_command_round_trip(trained_workdir, tmp_path, capsys):
+  artifact = str(tmp_path / "model.jaxexport")
+  assert export.main(["--workdir", trained_workdir, "--out", artifact]) == 0
+  assert "platforms cpu, cuda, tpu" in capsys.readouterr().out
+  model, variables, _ = train.load(trained_workdir)
+  images = np.random.RandomState(3).uniform(-1, 1, (4,) + SAMPLE_SHAPE).astype(np.float32)
+  logits, maps = inference.inference_function(model, variables)(images)
+  for batch, outputs in _outputs_in_fresh_process(artifact, images, tmp_path).items():
+    np.testing.assert_allclose(outputs["logits"], logits[:batch], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(outputs["maps"], maps[:batch], rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_predict_from_workdir_and_from_its_export_agree(trained_workdir, tmp_path, capsys):
+  good = _write_inputs(tmp_path / "images")
+  artifact = str(tmp_path / "model.jaxexport")
+  assert export.main(["--workdir", trained_workdir, "--out", artifact,
+                      "--platforms", "cpu"]) == 0
+  capsys.readouterr()
+  runs = {}
+  for source in (["--workdir", trained_workdir], ["--exported", artifact]):
+    out = tmp_path / source[0].strip("-")
+    code, lines, errors = _run(capsys, [*source, str(tmp_path / "images"), "--out", str(out)])
+    assert code == 0 and errors == [] and len(os.listdir(out)) == len(good)
+    runs[source[0]] = lines
+  model, variables, _ = train.load(trained_workdir)
+  _check_predictions(runs["--workdir"], good, model, variables, top_k=3)
+  assert runs["--exported"] == runs["--workdir"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("with_config", [False, True])
+def test_workdir_without_checkpoint_is_one_line_and_exit_2(trained_workdir, tmp_path, capsys,
+                                                           with_config):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  if with_config:  # a run that stopped before its first checkpoint
+    shutil.copy(os.path.join(trained_workdir, "config.json"), workdir)
+  (tmp_path / "x.png").write_bytes(b"")
+  code, lines, errors = _run(capsys, ["--workdir", str(workdir), str(tmp_path / "x.png")])
+  assert code == 2 and lines == [] and len(errors) == 1
+  assert errors[0].startswith(f"predict: error: {workdir}")
+  assert export.main(["--workdir", str(workdir), "--out", str(tmp_path / "m")]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith(f"export: error: {workdir}") and "\n" not in err
+  assert not os.path.exists(tmp_path / "m")

@@ -62,7 +62,7 @@ def from_exported(path: str) -> ModelSource:
   except OSError as error:
     raise OSError(f"{path}: cannot read ({error.strerror or error})") from None
   try:
-    exported = jax_export.deserialize(bytearray(blob))
+    exported = jax_export.deserialize(blob)
   except Exception as error:  # pylint: disable=broad-except
     # Any byte string that is not one fails somewhere in the flatbuffer reader.
     raise ValueError(f"{path}: not a jax.export artifact ({type(error).__name__})") from None

@@ -86,11 +86,11 @@ def export_inference(model, variables: Mapping[str, Any], sample_shape: Sequence
   """`inference_function` as a `jax.export` artifact with a symbolic batch size.
 
   The variables are constants of the artifact, so `exported.call(images)` is all a user
-  needs: `jax.export.deserialize(exported.serialize())` restores it in any process with
-  a compatible JAX (serialized artifacts stay loadable across JAX versions for at least
-  six months, see the `jax.export` documentation). Lowered for several platforms, the
-  artifact carries each platform's form of the library's platform-dependent kernels and
-  the one of the platform it is called on is compiled.
+  needs: `jax.export.deserialize(exported.serialize())` restores it in any process whose
+  JAX is within `jax.export`'s compatibility window (see its documentation). Lowered for
+  several platforms, the artifact carries each platform's form of the library's
+  platform-dependent kernels, and only the form of the platform it is called on is
+  compiled.
 
   Args:
     model: a Flax module.

@@ -140,7 +140,7 @@ def test_exported_artifact_has_a_symbolic_batch(model_and_variables, exported_pa
   model, variables = model_and_variables
   images = np.random.RandomState(2).uniform(-1, 1, (3,) + SAMPLE_SHAPE).astype(np.float32)
   with open(exported_path, "rb") as f:
-    exported = jax.export.deserialize(bytearray(f.read()))
+    exported = jax.export.deserialize(f.read())
   logits, maps = inference.inference_function(model, variables)(images)
   for batch in (3, 1):
     got_logits, got_maps = exported.call(images[:batch])
@@ -297,7 +297,7 @@ def _outputs_in_fresh_process(artifact: str, images: np.ndarray, directory) -> d
       for blocked in ("regionatt_jax", "flax", "experiments"):
         sys.modules[blocked] = None
       import jax, numpy as np
-      exported = jax.export.deserialize(bytearray(open({artifact!r}, "rb").read()))
+      exported = jax.export.deserialize(open({artifact!r}, "rb").read())
       images = np.load("images.npy")
       for batch in (len(images), 1):  # the batch size is symbolic
         logits, maps = exported.call(images[:batch])

@@ -209,10 +209,15 @@ def test_predict_prints_top_k_and_writes_overlays(capsys, tmp_path, model_and_va
     assert overlay.format == "PNG"
 
 
+@pytest.mark.parametrize("head", ["region", None])
 def test_predict_from_a_model_source_in_memory(capsys, tmp_path, model_and_variables,
-                                               monkeypatch):
-  # The model source is pluggable: predict runs the same on the Flax model.
+                                               monkeypatch, head):
+  # The model source is pluggable: predict runs the same on the Flax model, and on a
+  # model without an attention map (plain pooling) it draws the image alone.
   model, variables = model_and_variables
+  if head is None:
+    model = model.clone(head=None)
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + SAMPLE_SHAPE))
   good = _write_inputs(tmp_path / "images")
   source = predict.ModelSource(SAMPLE_SHAPE, inference.inference_function(model, variables))
   monkeypatch.setattr(predict, "from_exported", lambda path: source)
@@ -220,6 +225,10 @@ def test_predict_from_a_model_source_in_memory(capsys, tmp_path, model_and_varia
                                       str(tmp_path / "out"), "--top_k", "1"])
   assert code == 0 and errors == []
   _check_predictions(lines, good, model, variables, top_k=1)
+  with Image.open(tmp_path / "out" / "gray_attention.png") as overlay:
+    width, height = overlay.size
+  # attention_figure: 2.6 inches per panel (image, attention), 2.9 high.
+  assert round(width / height * 2.9 / 2.6) == (1 if head is None else 2)
 
 
 def test_predict_reports_each_bad_input_and_goes_on(capsys, tmp_path, model_and_variables,

@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 
 from experiments import export, predict
-from experiments.configs import default
+from experiments.configs import default, tiny
 from regionatt_jax import inference, train, viz
+from regionatt_jax import nn as rn
 
 SAMPLE_SHAPE = (32, 32, 1)  # the default model, on smaller canvases
 NUM_CLASSES = 10
@@ -24,7 +25,7 @@ NUM_CLASSES = 10
 
 @pytest.fixture(scope="module")
 def model_and_variables():
-  model = train.build_model(default.get_config(), num_classes=NUM_CLASSES)
+  model = rn.build_model(default.get_config().model, num_classes=NUM_CLASSES)
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + SAMPLE_SHAPE))
   # Running statistics unlike a batch's, so that a model run in training mode differs.
   stats = jax.tree.map(lambda v: v * 1.5 + 0.1, variables["batch_stats"])
@@ -280,19 +281,11 @@ def test_predict_bad_model_file_is_one_line_and_exit_2(capsys, tmp_path, make, r
 
 
 @pytest.fixture(scope="module")
-def trained_workdir(tmp_path_factory):
-  """A few steps of the default model on `cluttered_digits/tiny` (`SAMPLE_SHAPE` images)."""
-  config = default.get_config()
-  config.dataset.name = "cluttered_digits/tiny"
-  config.dataset.data_dir = str(tmp_path_factory.mktemp("tfds"))
-  config.model.kwargs.backbone_kwargs = {"features": (8, 8, 16, 16)}
-  config.train.steps = 4
-  config.train.global_batch_size = 16
-  config.train.eval_batch_size = 64
-  config.train.log_every = config.train.eval_every = config.train.checkpoint_every = 4
-  config.train.num_figures = 0
-  config.train.progress_bar = False
-  config.optim.warmup_steps = 1
+def trained_workdir(data_dir, tmp_path_factory):
+  """A few steps of `experiments/configs/tiny.py` (`SAMPLE_SHAPE` images)."""
+  config = tiny.get_config()
+  config.dataset.data_dir = data_dir
+  config.train.steps = config.train.eval_every = 4
   workdir = str(tmp_path_factory.mktemp("run"))
   train.train_and_evaluate(config, workdir)
   return workdir

@@ -18,8 +18,8 @@ from jax import export
 import regionatt_jax as ra
 from experiments.configs import default
 from regionatt_jax import train
+from regionatt_jax import nn as rn
 from regionatt_jax.nn import conv as conv_lib
-from regionatt_jax.nn import maps as maps_lib
 
 ACCELERATORS = ("cuda", "tpu")
 PLATFORMS = ("cpu",) + ACCELERATORS
@@ -30,14 +30,10 @@ INPUT_SHAPE = (2, 32, 32, 1)
 @functools.cache
 def _default_state():
   config = default.get_config()
-  model = train.build_model(config, num_classes=10)
+  model = rn.build_model(config.model, num_classes=10)
   state = train.create_train_state(config, model, jax.random.PRNGKey(0), INPUT_SHAPE)
   batch = {"image": jnp.zeros(INPUT_SHAPE), "label": jnp.zeros(INPUT_SHAPE[:1], jnp.int32)}
   return model, state, batch
-
-
-def _predict(state, batch):
-  return train.predict(state, batch, maps_fn=maps_lib.attention_maps)
 
 
 @functools.cache
@@ -46,7 +42,7 @@ def _module(function: str, platforms: tuple[str, ...], conv: str = "regionatt") 
   model, state, batch = _default_state()
   if conv == "flax":  # Same parameters, `flax.linen.Conv` layers: the native reference.
     state = state.replace(apply_fn=model.clone(conv=nn.Conv).apply)
-  fn = {"train_step": train.train_step, "predict": _predict}[function]
+  fn = {"train_step": train.train_step, "predict": train.predict}[function]
   exported = export.export(jax.jit(fn), platforms=platforms)(state, batch)
   assert exported.platforms == platforms
   return exported.mlir_module()

@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           platforms=args.platforms)
   except (OSError, ValueError) as error:
     message = str(error)
-    named = message if message.startswith(args.workdir) else f"{args.workdir}: {message}"
+    named = message if args.workdir in message else f"{args.workdir}: {message}"
     print(f"export: error: {named}", file=sys.stderr)
     return 2
   blob = exported.serialize()

@@ -190,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     source = from_workdir(args.workdir) if args.workdir else from_exported(args.exported)
   except (OSError, ValueError) as error:
     message = str(error)
-    _error(message if message.startswith(model_path) else f"{model_path}: {message}")
+    _error(message if model_path in message else f"{model_path}: {message}")
     return 2
   files, failures = _expand(args.inputs)
   if files:

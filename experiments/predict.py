@@ -55,6 +55,7 @@ def from_workdir(workdir: str) -> ModelSource:
 
 def from_exported(path: str) -> ModelSource:
   """The inference function of an `experiments.export` artifact."""
+  import jax  # pylint: disable=g-import-not-at-top
   from jax import export as jax_export  # pylint: disable=g-import-not-at-top
   try:
     with open(path, "rb") as f:
@@ -70,7 +71,12 @@ def from_exported(path: str) -> ModelSource:
   if len(shapes) != 1 or len(shapes[0]) != 4:
     raise ValueError(f"{path}: takes inputs of shapes {shapes}, not one batch of images "
                      f"(b, H, W, C)")
-  return ModelSource(tuple(int(v) for v in shapes[0][1:]), exported.call)
+  sample_shape = tuple(int(v) for v in shapes[0][1:])
+  try:  # Lowering (no compilation) checks that it runs on this platform.
+    jax.jit(exported.call).lower(jax.ShapeDtypeStruct((1, *sample_shape), np.float32))
+  except ValueError as error:
+    raise ValueError(f"{path}: {error}") from None
+  return ModelSource(sample_shape, exported.call)
 
 
 def _error(message: str) -> None:

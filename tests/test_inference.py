@@ -277,6 +277,18 @@ def test_predict_bad_model_file_is_one_line_and_exit_2(capsys, tmp_path, make, r
   assert errors[0].startswith(f"predict: error: {tmp_path / 'model.jaxexport'}: {reason}")
 
 
+def test_predict_artifact_for_another_platform_is_one_line_and_exit_2(
+    capsys, tmp_path, model_and_variables):
+  model, variables = model_and_variables
+  artifact = tmp_path / "model.jaxexport"
+  artifact.write_bytes(inference.export_inference(model, variables, SAMPLE_SHAPE,
+                                                  platforms=("tpu",)).serialize())
+  Image.fromarray(_pixels((8, 8))).save(tmp_path / "x.png")
+  code, lines, errors = _run(capsys, ["--exported", str(artifact), str(tmp_path / "x.png")])
+  assert code == 2 and lines == [] and len(errors) == 1
+  assert errors[0].startswith(f"predict: error: {artifact}: ") and "tpu" in errors[0]
+
+
 # ------------------------------------------------------------------- from a workdir
 
 
@@ -361,3 +373,4 @@ def test_workdir_without_checkpoint_is_one_line_and_exit_2(trained_workdir, tmp_
   assert err.startswith("export: error: ") and "\n" not in err
   assert str(workdir) in err and reason in err
   assert not os.path.exists(tmp_path / "m")
+

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The accelerator numbers BENCHMARKS.md does not have yet, in one short run on a GPU or
-# TPU machine (jax[cuda12] or jax[tpu] installed, see README "On TPU / GPU"):
+# TPU machine (jax[cuda12] or jax[tpu], then `pip install -e ".[data,plots,test]"`; see
+# README "On TPU / GPU"):
 #
 #   bash experiments/accelerator_check.sh [OUT_DIR]
 #

@@ -7,7 +7,7 @@
 #
 # 1. the cross-platform lowering tests, which also compile the default model's train
 #    step for this device (no per-tap loop may reach it);
-# 2. the JAX rows of experiments/benchmark.py (Conv and flax.linen.Conv, both cases,
+# 2. the JAX rows of experiments.benchmark (Conv and flax.linen.Conv, both cases,
 #    batch 8 and 32), tagged with the platform, into OUT_DIR (default: a temp dir) and a
 #    section of OUT_DIR/BENCHMARKS.md to copy into the repository's;
 # 3. 200 steps of the main job in bfloat16, whose summary.json gives images/s.
@@ -26,7 +26,7 @@ export JAX_COMPILATION_CACHE_DIR="$out/jax_cache"
 python -m pytest -q tests/test_platforms.py
 
 cp BENCHMARKS.md "$out/BENCHMARKS.md"
-python experiments/benchmark.py --frameworks jax jax_flax_conv --allocators default \
+python -m experiments.benchmark --frameworks jax jax_flax_conv --allocators default \
     --batch-sizes 8 32 --tag "$platform" --out-dir "$out" --markdown "$out/BENCHMARKS.md"
 
 python -m experiments.train --config experiments/configs/default.py --workdir "$out/run" \

@@ -10,7 +10,7 @@ so either module loads the other's weights.
 Why it exists: XLA:CPU computes the weight gradient of a convolution ~2x slower than the
 same contraction written as one matmul per kernel tap, `(x shifted by the tap)^T @ dy`,
 and the weight gradient is the largest single cost of a convolutional train step there
-(see `BENCHMARKS.md` and `experiments/benchmark.py --suite conv`). `conv2d` is a
+(see `BENCHMARKS.md` and `experiments/benchmark_conv.py`). `conv2d` is a
 `jax.custom_vjp` that keeps XLA's forward convolution and, on CPU, computes the input
 gradient as XLA's convolution (measured fastest among the forms tried) and the weight
 gradient per tap. The choice is made with `jax.lax.platform_dependent` when the

@@ -1,7 +1,9 @@
 """Argument checks shared by the pure functions.
 
 Each check runs on static information (shapes, dtypes, Python values), so it costs
-nothing under `jit` and fires at trace time, before XLA can fail somewhere deep.
+nothing under `jit` and fires at trace time, before XLA can fail somewhere deep. Shapes
+are broadcast with `jnp.broadcast_shapes`, which also takes `jax.export`'s symbolic
+dimensions (a symbolic batch size).
 """
 
 from collections.abc import Sequence
@@ -30,7 +32,7 @@ def bool_array(mask, name: str, shape: Sequence[int]):
   if mask.dtype != jnp.bool_:
     raise TypeError(f"{name} must be a boolean array, got dtype {mask.dtype}")
   try:
-    broadcast = np.broadcast_shapes(tuple(mask.shape), tuple(shape))
+    broadcast = jnp.broadcast_shapes(tuple(mask.shape), tuple(shape))
   except ValueError:
     broadcast = None
   if broadcast != tuple(shape):
@@ -43,7 +45,7 @@ def bool_array(mask, name: str, shape: Sequence[int]):
 def broadcastable(shape_a, shape_b, names: str) -> tuple[int, ...]:
   """Returns the broadcast of two shapes, or raises a ValueError naming both."""
   try:
-    return np.broadcast_shapes(tuple(shape_a), tuple(shape_b))
+    return jnp.broadcast_shapes(tuple(shape_a), tuple(shape_b))
   except ValueError:
     raise ValueError(
         f"{names} must have leading axes that broadcast together, got "

@@ -5,7 +5,7 @@ r"""Export a trained model's inference function as a portable `jax.export` artif
 
 The artifact maps images `(b, H, W, C)` float32 in [-1, 1] (any batch size b) to logits
 `(b, K)` and attention maps `(b, H, W)`, with the checkpoint's variables inside. Load
-it in any JAX program, without this library (`regionatt_jax.inference.export_inference`
+it in any JAX program, without this library (`regionatt_jax.train.inference.export_inference`
 says more):
 
     exported = jax.export.deserialize(open("model.jaxexport", "rb").read())
@@ -20,7 +20,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from regionatt_jax import inference
+from regionatt_jax.train import inference
 
 
 def _platforms(text: str) -> tuple[str, ...]:

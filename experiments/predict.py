@@ -9,7 +9,7 @@ The model comes from a training workdir (its latest readable checkpoint, via
 or JPEG files, or directories whose PNG/JPEG files are all taken; grayscale or RGB, any
 size. Each image is read upright (EXIF orientation), converted to the model's channels,
 resized to its input size and scaled to [-1, 1] as in training
-(`regionatt_jax.inference.model_input`).
+(`regionatt_jax.train.inference.model_input`).
 
 For each image it prints one line, `path: class (probability), ...` with the `--top_k`
 most probable classes, and writes `OUT/<name>_attention.png`: the original image and
@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from regionatt_jax import inference
+from regionatt_jax.train import inference
 
 PROG = "predict"
 

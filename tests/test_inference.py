@@ -16,7 +16,8 @@ from PIL import Image
 
 from experiments import export, predict
 from experiments.configs import default, tiny
-from regionatt_jax import inference, train, viz
+from regionatt_jax import train, viz
+from regionatt_jax.train import inference
 from regionatt_jax import nn as rn
 
 SAMPLE_SHAPE = (32, 32, 1)  # the default model, on smaller canvases

@@ -280,15 +280,14 @@ def attention_net(x, convs: Sequence[Layer], attention: Layer, classifier: Layer
   return global_mean(classifier(x)).astype(jnp.float32), m
 
 
-def basic_block(x, conv_0: Layer, bn_0: Layer, conv_1: Layer, bn_1: Layer,
-                attention: Layer | None, project: Layer):
-  """ResNet basic block; the attention sits on the residual branch before the add.
+def residual_sum(x, branch, attention: Layer | None, downsample: Layer):
+  """The end of a residual block: `relu(shortcut(x) + attention(branch))`.
 
-  `project` (conv 1x1 + BatchNorm) maps the shortcut where its shape differs from the
-  branch's.
+  The attention sits on the residual branch before the add (SE-ResNet, CBAM);
+  `downsample` (1x1 conv + BatchNorm) is the shortcut where the branch changes the shape.
   """
-  y = bn_1(conv_1(jax.nn.relu(bn_0(conv_0(x)))))
   if attention is not None:
-    y = attention(y)
-  residual = project(x) if x.shape != y.shape else x
-  return jax.nn.relu(residual + y)
+    branch = attention(branch)
+  if x.shape != branch.shape:
+    x = downsample(x)
+  return jax.nn.relu(x + branch)

@@ -139,7 +139,7 @@ def _fields(module: nn.Module) -> dict[str, Any]:
 
 
 def _twin(module: nn.Module, params) -> nnx.Module:
-  """The NNX twin of `module` with its shapes (parameters not yet copied)."""
+  """The NNX twin of `module` with abstract parameters of its shapes."""
   kind = type(module)
   in_features = _in_features(module, params)
   fields = _fields(module)
@@ -156,7 +156,8 @@ def _twin(module: nn.Module, params) -> nnx.Module:
                     "no NNX twin (each stage needs its own); name the scorer instead")
   fields = {name: (value if name in ("head_kwargs", "attention_kwargs") else _convert(value))
             for name, value in fields.items()}
-  return TWINS[kind](in_features, **fields, rngs=nnx.Rngs(0))
+  # Abstract parameters: the arrays come from the Linen variables, so draw none.
+  return nnx.eval_shape(lambda: TWINS[kind](in_features, **fields, rngs=nnx.Rngs(0)))
 
 
 def _head_kwargs(module: nn.Module, params):
@@ -180,7 +181,7 @@ def _load(model: nnx.Module, variables: Mapping[str, Any]) -> None:
   """Copies a Linen variable tree into `model`'s `nnx.Param`s and `nnx.BatchStat`s."""
   for collection, variable_type in (("params", nnx.Param), ("batch_stats", nnx.BatchStat)):
     state = nnx.state(model, variable_type)
-    given = jax.tree.map(jnp.asarray, dict(variables.get(collection, {})))
+    given = jax.tree.map(jnp.asarray, variables.get(collection, {}))
     expected = state.to_pure_dict()
     if _shapes(given) != _shapes(expected):
       raise ValueError(
@@ -215,10 +216,9 @@ def from_linen(module: nn.Module, variables: Mapping[str, Any]) -> nnx.Module:
 def to_linen_variables(model: nnx.Module) -> dict[str, Any]:
   """The Linen variables `{"params": ..., "batch_stats": ...}` of an NNX twin.
 
-  `batch_stats` is present only for a model with BatchNorm, as in Linen's `init`.
+  As in Linen's `init`, a collection is present only if the model has variables in it.
   """
-  variables = {"params": nnx.state(model, nnx.Param).to_pure_dict()}
-  batch_stats = nnx.state(model, nnx.BatchStat).to_pure_dict()
-  if batch_stats:
-    variables["batch_stats"] = batch_stats
-  return variables
+  collections = {"params": nnx.Param, "batch_stats": nnx.BatchStat}
+  variables = {name: nnx.state(model, kind).to_pure_dict()
+               for name, kind in collections.items()}
+  return {name: tree for name, tree in variables.items() if tree}

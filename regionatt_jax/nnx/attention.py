@@ -17,6 +17,7 @@ from flax import nnx
 
 from regionatt_jax import _checks
 from regionatt_jax.nn import channel as linen_channel
+from regionatt_jax.nn import factory as linen_factory
 from regionatt_jax.nn import functional
 from regionatt_jax.nn import pooling as linen_pooling
 from regionatt_jax.nn import region as linen_region
@@ -222,14 +223,9 @@ class SelfAttentionScorer(nnx.Module):
         self.norm_out, self.out)
 
 
-#: Scorers by name, as `regionatt_jax.nn.SCORERS`.
+#: Scorers by name: the twins of `regionatt_jax.nn.SCORERS`.
 SCORERS: Mapping[str, type[nnx.Module]] = {
-    "conv": ConvScorer,
-    "mlp": MLPScorer,
-    "gated": GatedScorer,
-    "recurrent": RecurrentScorer,
-    "self_attention": SelfAttentionScorer,
-}
+    name: globals()[cls.__name__] for name, cls in linen_factory.SCORERS.items()}
 
 
 class RegionAttention(nnx.Module):
@@ -382,12 +378,22 @@ class _Bottleneck(nnx.Module):
     return functional.bottleneck(s, self.reduce, self.expand)
 
 
+class _Gate(nnx.Module):
+  """A channel or spatial attention module: checks `x`, then applies `self.gate`."""
+
+  def __call__(self, x, train: bool | None = None):
+    """Args: x: `(..., H, W, C)`; train: unused. Returns `(..., H, W, C)`."""
+    del train
+    x = _feature_map(x, type(self).__name__)
+    return self.gate(x, _compute_dtype(x, self.dtype))
+
+
 def _bottleneck(in_features, reduction, module, dtype, param_dtype, rngs):
   hidden = linen_channel._divisible_hidden(in_features, reduction, module)  # pylint: disable=protected-access
   return _Bottleneck(in_features, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
-class SqueezeExcite(nnx.Module):
+class SqueezeExcite(_Gate):
   """Squeeze-and-excitation; see `regionatt_jax.nn.SqueezeExcite`.
 
   Args:
@@ -401,14 +407,11 @@ class SqueezeExcite(nnx.Module):
     self.dtype = dtype
     self.mlp = _bottleneck(in_features, reduction, "SqueezeExcite", dtype, param_dtype, rngs)
 
-  def __call__(self, x, train: bool | None = None):
-    """Args: x: `(..., H, W, C)`; train: unused. Returns `(..., H, W, C)`."""
-    del train
-    x = _feature_map(x, "SqueezeExcite")
-    return functional.squeeze_excite(x, self.mlp, _compute_dtype(x, self.dtype))
+  def gate(self, x, dtype):
+    return functional.squeeze_excite(x, self.mlp, dtype)
 
 
-class EfficientChannelAttention(nnx.Module):
+class EfficientChannelAttention(_Gate):
   """ECA; see `regionatt_jax.nn.EfficientChannelAttention`.
 
   Args:
@@ -429,14 +432,11 @@ class EfficientChannelAttention(nnx.Module):
     self.conv = nnx.Conv(1, 1, (k,), padding="SAME", use_bias=False, dtype=dtype,
                          param_dtype=param_dtype, rngs=rngs)
 
-  def __call__(self, x, train: bool | None = None):
-    """Args: x: `(..., H, W, C)`; train: unused. Returns `(..., H, W, C)`."""
-    del train
-    x = _feature_map(x, "EfficientChannelAttention")
-    return functional.efficient_channel_attention(x, self.conv, _compute_dtype(x, self.dtype))
+  def gate(self, x, dtype):
+    return functional.efficient_channel_attention(x, self.conv, dtype)
 
 
-class SpatialAttention(nnx.Module):
+class SpatialAttention(_Gate):
   """CBAM's spatial attention; sows `attention_map` `(..., H, W)`.
 
   Args:
@@ -453,16 +453,13 @@ class SpatialAttention(nnx.Module):
     self.conv = nnx.Conv(2, 1, (kernel_size, kernel_size), padding="SAME", use_bias=False,
                          dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-  def __call__(self, x, train: bool | None = None):
-    """Args: x: `(..., H, W, C)`; train: unused. Returns `(..., H, W, C)`."""
-    del train
-    x = _feature_map(x, "SpatialAttention")
-    y, attention = functional.spatial_attention(x, self.conv, _compute_dtype(x, self.dtype))
+  def gate(self, x, dtype):
+    y, attention = functional.spatial_attention(x, self.conv, dtype)
     sow(self, ATTENTION_MAP, attention)
     return y
 
 
-class CBAM(nnx.Module):
+class CBAM(_Gate):
   """Channel then spatial attention; see `regionatt_jax.nn.CBAM`.
 
   Args:
@@ -479,11 +476,8 @@ class CBAM(nnx.Module):
     self.spatial = SpatialAttention(kernel_size=kernel_size, dtype=dtype,
                                     param_dtype=param_dtype, rngs=rngs)
 
-  def __call__(self, x, train: bool | None = None):
-    """Args: x: `(..., H, W, C)`; train: unused. Returns `(..., H, W, C)`."""
-    x = _feature_map(x, "CBAM")
-    return self.spatial(
-        functional.cbam_channel_gate(x, self.mlp, _compute_dtype(x, self.dtype)), train)
+  def gate(self, x, dtype):
+    return self.spatial(functional.cbam_channel_gate(x, self.mlp, dtype))
 
 
 class CoordinateAttention(nnx.Module):
@@ -519,16 +513,9 @@ class CoordinateAttention(nnx.Module):
                                            self.conv_w, _compute_dtype(x, self.dtype))
 
 
-#: Attention modules by name, as `regionatt_jax.nn.ATTENTIONS`.
+#: Attention modules by name: the twins of `regionatt_jax.nn.ATTENTIONS`.
 ATTENTIONS: Mapping[str, type[nnx.Module]] = {
-    "se": SqueezeExcite,
-    "eca": EfficientChannelAttention,
-    "spatial": SpatialAttention,
-    "cbam": CBAM,
-    "coordinate": CoordinateAttention,
-    "region": RegionAttention,
-    "multiscale": MultiScaleRegionAttention,
-}
+    name: globals()[cls.__name__] for name, cls in linen_factory.ATTENTIONS.items()}
 
 
 def _scorer_by_name(kind: str, in_features: int, kwargs: dict, rngs: nnx.Rngs) -> dict:
@@ -538,6 +525,9 @@ def _scorer_by_name(kind: str, in_features: int, kwargs: dict, rngs: nnx.Rngs) -
   name = kwargs.get("scorer")
   scorer_kwargs = kwargs.pop("scorer_kwargs", None) or {}
   if kind not in ("region", "multiscale") or not isinstance(name, str):
+    if scorer_kwargs:
+      raise ValueError(f"make_attention: scorer_kwargs need a scorer given by name for "
+                       f"'region' or 'multiscale', got kind {kind!r}, scorer {name!r}")
     return kwargs
   if name not in SCORERS:
     raise ValueError(f"make_attention: unknown scorer {name!r} for {kind!r}; need one of "

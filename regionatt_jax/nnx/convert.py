@@ -167,6 +167,7 @@ def _head_kwargs(module: nn.Module, params):
   if module.head == "region":
     head = linen.make_attention("region", dtype=module.dtype, param_dtype=module.param_dtype,
                                 **{**linen.models.HEAD_DEFAULTS["region"], **head_kwargs})
+    head_kwargs.pop("scorer_kwargs", None)  # they built the scorer instance
     head_kwargs["scorer"] = _twin(_scorer_of(head), params["head"]["scorer"])
   elif not isinstance(head_kwargs.get("scorer", ""), str):
     head_kwargs["scorer"] = _twin_class(head_kwargs["scorer"])

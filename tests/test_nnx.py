@@ -16,8 +16,8 @@ from flax import nnx
 import regionatt_jax.nn as rn
 import regionatt_jax.nnx as rx
 
-# The scorers and channel modules are called without `train`; attention modules and
-# models with it.
+# name -> (Linen module, input shape, call kwargs). Scorers and pooling take no `train`;
+# a BatchNorm model is compared in eval and in train mode.
 _SCORER_INPUT = (2, 4, 3, 3, 5)
 _FEATURES = (2, 8, 8, 8)
 _IMAGES = (2, 8, 8, 3)

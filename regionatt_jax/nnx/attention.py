@@ -8,6 +8,7 @@ are sown as `nnx.Intermediate` under the Linen names (`attention_map`, `region_w
 `instance_weights`) while `nnx.capture` records; see `regionatt_jax.nnx.intermediates`.
 """
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -522,24 +523,15 @@ def _scorer_by_name(kind: str, in_features: int, kwargs: dict, rngs: nnx.Rngs) -
   """Replaces a scorer name in `kwargs` by what `kind` takes: `RegionAttention` an
   instance (built with `scorer_kwargs` and the module's dtypes), `MultiScaleRegionAttention`
   a class."""
-  name = kwargs.get("scorer")
   scorer_kwargs = kwargs.pop("scorer_kwargs", None) or {}
-  if kind not in ("region", "multiscale") or not isinstance(name, str):
-    if scorer_kwargs:
-      raise ValueError(f"make_attention: scorer_kwargs need a scorer given by name for "
-                       f"'region' or 'multiscale', got kind {kind!r}, scorer {name!r}")
+  name = linen_factory.scorer_name(kind, kwargs, scorer_kwargs)
+  if name is None:
     return kwargs
-  if name not in SCORERS:
-    raise ValueError(f"make_attention: unknown scorer {name!r} for {kind!r}; need one of "
-                     f"{sorted(SCORERS)}, a scorer class (multiscale) or instance (region)")
   dtypes = {k: kwargs[k] for k in ("dtype", "param_dtype") if k in kwargs}
   if kind == "region":
     return {**kwargs, "scorer": SCORERS[name](in_features, **scorer_kwargs, **dtypes,
                                               rngs=rngs)}
-  scorer = SCORERS[name]
-  factory = (lambda *args, **kw: scorer(*args, **{**scorer_kwargs, **kw})) if scorer_kwargs \
-      else scorer
-  return {**kwargs, "scorer": factory}
+  return {**kwargs, "scorer": functools.partial(SCORERS[name], **scorer_kwargs)}
 
 
 def make_attention(kind: str | None, in_features: int, /, *, rngs: nnx.Rngs,

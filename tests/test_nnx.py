@@ -63,6 +63,10 @@ CASES = {
         3, backbone="resnet18", backbone_kwargs={"width": 2, "stage_sizes": (1, 1),
                                                  "stem": "imagenet"},
         attention="eca", head_kwargs={"grid": (2, 2)}), (2, 16, 16, 3), {"train": True}),
+    "resnet50_bottleneck_se": (rn.RegionAttentionClassifier(
+        3, backbone="resnet50", backbone_kwargs={"width": 2, "stage_sizes": (1, 1)},
+        attention="se", attention_kwargs={"reduction": 2}, head_kwargs={"grid": (2, 2)}),
+                               _IMAGES, {"train": True}),
     "mil_masked": (rn.MILClassifier(2, features=(4,), embed_dim=6, hidden=4), (2, 3, 8, 8, 1),
                    {"train": False, "mask": jnp.array([[True, True, False], [True] * 3])}),
 }

@@ -237,16 +237,23 @@ class ResNet(nnx.Module):
     return x
 
 
-ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2))
-ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3))
-ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block=Bottleneck)
-ResNet101 = functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), block=Bottleneck)
-ResNet152 = functools.partial(ResNet, stage_sizes=(3, 8, 36, 3), block=Bottleneck)
+def _twin_resnet(preset: functools.partial) -> functools.partial:
+  """The NNX twin of a Linen ResNet preset (`functools.partial(ResNet, ...)`)."""
+  blocks = {linen_models.BasicBlock: BasicBlock, linen_models.Bottleneck: Bottleneck}
+  keywords = dict(preset.keywords)
+  if "block" in keywords:
+    keywords["block"] = blocks[keywords["block"]]
+  return functools.partial(ResNet, **keywords)
 
-#: Backbones by name, as `regionatt_jax.nn.BACKBONES`.
+
+ResNet18, ResNet34, ResNet50, ResNet101, ResNet152 = (_twin_resnet(preset) for preset in (
+    linen_models.ResNet18, linen_models.ResNet34, linen_models.ResNet50,
+    linen_models.ResNet101, linen_models.ResNet152))
+
+#: Backbones by name: the twins of `regionatt_jax.nn.BACKBONES`.
 BACKBONES: Mapping[str, Callable[..., nnx.Module]] = {
-    "small_cnn": SmallCNN, "resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50,
-    "resnet101": ResNet101, "resnet152": ResNet152}
+    name: SmallCNN if backbone is linen_models.SmallCNN else _twin_resnet(backbone)
+    for name, backbone in linen_models.BACKBONES.items()}
 
 
 class RegionAttentionClassifier(nnx.Module):

@@ -68,6 +68,7 @@ def region_layout(image_shape, grid=None, *, size=None, stride=None,
   if not isinstance(image_shape, (tuple, list, np.ndarray)):
     raise TypeError(f"image_shape must be a pair (H, W) of ints, got {image_shape!r}")
   image = _checks.int_pair(image_shape, "image_shape")
+  _checks.boolean(pad, "pad")
   if (grid is None) == (size is None):
     raise ValueError(
         f"give exactly one of grid= or size=, got grid={grid!r}, size={size!r}")
@@ -174,6 +175,7 @@ def unpartition(regions, grid=None, *, size=None, stride=None, image_shape=None,
     `(..., H, W, C)` image.
   """
   regions = _checks.float_array(regions, "regions", min_rank=4)
+  _checks.boolean(pad, "pad")
   if image_shape is None:
     if grid is None or pad:
       raise ValueError(

@@ -284,7 +284,7 @@ ERRORS = [
     (lambda: ra.normalize(np.zeros((2, 3)), "softermax"), ValueError, r"kind must be one of \['none', 'sigmoid', 'softmax', 'sparsemax'\], got 'softermax'"),
     (lambda: ra.normalize(np.zeros((2, 3)), mask=np.ones((2, 4), bool)), ValueError, r"mask must have a shape that broadcasts to \(2, 3\), got \(2, 4\)"),
     (lambda: ra.normalize(np.zeros((2, 3)), mask=np.ones((2, 3))), TypeError, r"mask must be a boolean array, got dtype float"),
-    (lambda: ra.normalize(np.zeros((2, 3)), temperature=0.0), ValueError, r"temperature must be > 0, got 0.0"),
+    (lambda: ra.normalize(np.zeros((2, 3)), temperature=0.0), ValueError, r"temperature must be a finite real number > 0, got 0.0"),
     (lambda: ra.normalize(np.zeros((2, 3), np.int32)), TypeError, r"scores must be a real floating"),
     (lambda: ra.weight(np.zeros((2, 4, 3, 3, 1)), np.zeros((2, 5))), ValueError, r"weights must have shape \(\.\.\., N\) with N = 4.*got \(2, 5\)"),
     (lambda: ra.aggregate(np.zeros((2, 4, 3, 3, 1)), "max"), ValueError, r"mode must be one of \['mean', 'reassemble', 'sum'\], got 'max'"),

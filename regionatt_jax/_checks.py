@@ -185,3 +185,9 @@ def choice(value, name: str, options):
   if value not in options:
     raise ValueError(f"{name} must be one of {sorted(options)}, got {value!r}")
   return value
+
+
+def dtypes(owner: str, dtype, param_dtype) -> None:
+  """Checks a module's `dtype` (floating or None) and `param_dtype` (floating)."""
+  float_dtype(dtype, f"{owner}: dtype")
+  float_dtype(param_dtype, f"{owner}: param_dtype", optional=False)

@@ -49,6 +49,28 @@ class RegionLayout(NamedTuple):
     return self.stride == self.size
 
 
+def layout_arguments(grid=None, *, size=None, stride=None, pad: bool = False):
+  """Checks the layout arguments on their own, before any image is known.
+
+  Args:
+    grid, size, stride, pad: as in `region_layout`.
+
+  Returns:
+    `(grid, size, stride)` as pairs of ints: `(grid, None, None)` for a grid,
+    `(None, size, stride)` for windows, with `stride` defaulting to `size`.
+  """
+  _checks.boolean(pad, "pad")
+  if (grid is None) == (size is None):
+    raise ValueError(
+        f"give exactly one of grid= or size=, got grid={grid!r}, size={size!r}")
+  if grid is not None:
+    if stride is not None:
+      raise ValueError(f"stride= goes with size=, not grid=; got stride={stride!r}")
+    return _checks.int_pair(grid, "grid"), None, None
+  size = _checks.int_pair(size, "size")
+  return None, size, size if stride is None else _checks.int_pair(stride, "stride")
+
+
 def region_layout(image_shape, grid=None, *, size=None, stride=None,
                   pad: bool = False) -> RegionLayout:
   """Computes where the regions of an image lie.
@@ -68,14 +90,9 @@ def region_layout(image_shape, grid=None, *, size=None, stride=None,
   if not isinstance(image_shape, (tuple, list, np.ndarray)):
     raise TypeError(f"image_shape must be a pair (H, W) of ints, got {image_shape!r}")
   image = _checks.int_pair(image_shape, "image_shape")
-  _checks.boolean(pad, "pad")
-  if (grid is None) == (size is None):
-    raise ValueError(
-        f"give exactly one of grid= or size=, got grid={grid!r}, size={size!r}")
+  grid, size, stride = layout_arguments(grid, size=size, stride=stride, pad=pad)
   if grid is not None:
-    if stride is not None:
-      raise ValueError(f"stride= goes with size=, not grid=; got stride={stride!r}")
-    counts = _checks.int_pair(grid, "grid")
+    counts = grid
     for axis, (n, length) in enumerate(zip(counts, image)):
       if n > length:
         raise ValueError(
@@ -88,8 +105,6 @@ def region_layout(image_shape, grid=None, *, size=None, stride=None,
     size = tuple(-(-length // n) for n, length in zip(counts, image))
     return RegionLayout(image, counts, size, size)
 
-  size = _checks.int_pair(size, "size")
-  stride = size if stride is None else _checks.int_pair(stride, "stride")
   counts = []
   for axis, (length, sz, st) in enumerate(zip(image, size, stride)):
     if pad:

@@ -173,7 +173,10 @@ def test_train_step_learns_and_keeps_float32_params(compute_dtype):
 def test_eval_step_ignores_padding_and_matches_numpy():
   state = state_lib.create_train_state(_config(), TinyCNN(), jax.random.PRNGKey(0), (1, 16, 16, 3))
   (batch,) = synthetic_batches(1, 8, seed=2)
-  boxes = np.tile(np.array([0, 0, 8, 8], np.float32), (8, 1))
+  # Quadrant boxes for the real examples (some maps point inside, some not); the padding
+  # examples' boxes cover the whole image, so counting them would add hits.
+  quadrants = [[0, 0, 8, 8], [0, 8, 8, 16], [8, 0, 16, 8], [8, 8, 16, 16], [4, 4, 12, 12]]
+  boxes = np.array(quadrants + [[0, 0, 16, 16]] * 3, np.float32)
   mask = np.arange(8) < 5
   maps_fn = lambda inter, hw: jax.image.resize(inter["attention_map"][0], (8, *hw), "nearest")
   _, evaluate, predict = step_lib.jit_steps(state, maps_fn)
@@ -186,7 +189,8 @@ def test_eval_step_ignores_padding_and_matches_numpy():
                              (logits.argmax(-1) == batch["label"][:5]).sum())
   np.testing.assert_allclose(float(sums["loss_sum"]),
                              -log_probs[np.arange(5), batch["label"][:5]].sum(), rtol=1e-5)
-  assert "pointing_hits" in sums
+  hits = sum(_pointing_reference(m, b) for m, b in zip(maps, boxes[:5]))
+  np.testing.assert_allclose(float(sums["pointing_hits"]), hits)
 
 
 # --- metrics ----------------------------------------------------------------------

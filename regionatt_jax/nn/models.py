@@ -19,9 +19,10 @@ import jax.numpy as jnp
 
 from regionatt_jax import _checks
 from regionatt_jax.nn.conv import Conv
-from regionatt_jax.nn.factory import make_attention
+from regionatt_jax.nn.factory import check_kind, make_attention
 from regionatt_jax.nn.maps import ATTENTION_MAP
 from regionatt_jax.nn.pooling import AttentionPooling
+from regionatt_jax.nn.pooling import KINDS as POOLINGS
 
 Dtype = Any
 ModuleDef = Any
@@ -41,6 +42,18 @@ HEAD_DEFAULTS: Mapping[str, Mapping[str, Any]] = {
 
 def _image(x, module: str, min_rank: int = 4):
   return _checks.float_array(x, f"{module}: x (images `(B, H, W, C)`)", min_rank=min_rank)
+
+
+def _check_options(owner: str, name: str, options) -> None:
+  if options is not None and not isinstance(options, Mapping):
+    raise TypeError(f"{owner}: {name} must be a mapping of options or None, got "
+                    f"{type(options).__name__} {options!r}")
+
+
+def _check_stage_attention(owner: str, kind, options) -> None:
+  """Checks the `attention`/`attention_kwargs` pair of a backbone."""
+  check_kind(kind, f"{owner}: attention")
+  _check_options(owner, "attention_kwargs", options)
 
 
 def _global_mean(x):
@@ -82,6 +95,13 @@ class AttentionNet(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
+  def __post_init__(self):
+    _checks.positive_int(self.num_classes, "AttentionNet: num_classes")
+    _checks.positive_ints(self.features, "AttentionNet: features")
+    _checks.function(self.conv, "AttentionNet: conv", "a conv module class")
+    _checks.dtypes("AttentionNet", self.dtype, self.param_dtype)
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, x, train: bool = False):
     """Args: x: `(..., H, W, C)` images; train: unused (no BatchNorm). Returns float32 `(..., classes)`."""
@@ -118,6 +138,14 @@ class SmallCNN(nn.Module):
   conv: ModuleDef = Conv
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
+
+  def __post_init__(self):
+    _checks.positive_ints(self.features, "SmallCNN: features")
+    _check_stage_attention("SmallCNN", self.attention, self.attention_kwargs)
+    _checks.boolean(self.batch_norm, "SmallCNN: batch_norm")
+    _checks.function(self.conv, "SmallCNN: conv", "a conv module class")
+    _checks.dtypes("SmallCNN", self.dtype, self.param_dtype)
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -164,6 +192,9 @@ class _BasicBlock(nn.Module):
     return nn.relu(residual + y)
 
 
+STEMS = ("imagenet", "small")
+
+
 class ResNet(nn.Module):
   """ResNet with basic blocks (ResNet-18: (2, 2, 2, 2), ResNet-34: (3, 4, 6, 3)).
 
@@ -187,10 +218,18 @@ class ResNet(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
+  def __post_init__(self):
+    _checks.positive_ints(self.stage_sizes, "ResNet: stage_sizes")
+    _checks.positive_int(self.width, "ResNet: width")
+    _checks.choice(self.stem, "ResNet: stem", STEMS)
+    _check_stage_attention("ResNet", self.attention, self.attention_kwargs)
+    _checks.function(self.conv, "ResNet: conv", "a conv module class")
+    _checks.dtypes("ResNet", self.dtype, self.param_dtype)
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, x, train: bool = False):
     """Args: x: `(..., H, W, C)`; train: BatchNorm mode. Returns the last feature map."""
-    _checks.choice(self.stem, "ResNet: stem", ("imagenet", "small"))
     conv = functools.partial(self.conv, dtype=self.dtype, param_dtype=self.param_dtype)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                              dtype=self.dtype, param_dtype=self.param_dtype)
@@ -218,6 +257,10 @@ ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3))
 
 BACKBONES: Mapping[str, ModuleDef] = {
     "small_cnn": SmallCNN, "resnet18": ResNet18, "resnet34": ResNet34}
+
+
+#: Heads of `RegionAttentionClassifier` (or None).
+HEADS = ("region", "multiscale")
 
 
 class RegionAttentionClassifier(nn.Module):
@@ -251,6 +294,19 @@ class RegionAttentionClassifier(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
+  def __post_init__(self):
+    _checks.positive_int(self.num_classes, "RegionAttentionClassifier: num_classes")
+    _checks.choice(self.backbone, "RegionAttentionClassifier: backbone", BACKBONES)
+    _check_options("RegionAttentionClassifier", "backbone_kwargs", self.backbone_kwargs)
+    _check_stage_attention("RegionAttentionClassifier", self.attention,
+                           self.attention_kwargs)
+    if self.head is not None:
+      _checks.choice(self.head, "RegionAttentionClassifier: head", HEADS)
+    _check_options("RegionAttentionClassifier", "head_kwargs", self.head_kwargs)
+    _checks.function(self.conv, "RegionAttentionClassifier: conv", "a conv module class")
+    _checks.dtypes("RegionAttentionClassifier", self.dtype, self.param_dtype)
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, x, train: bool = False):
     """Classifies images.
@@ -263,10 +319,6 @@ class RegionAttentionClassifier(nn.Module):
       `(B, num_classes)` logits, float32.
     """
     x = _image(x, "RegionAttentionClassifier", min_rank=3)
-    _checks.choice(self.backbone, "RegionAttentionClassifier: backbone", BACKBONES)
-    if self.head not in (None, "region", "multiscale"):
-      raise ValueError(f"RegionAttentionClassifier: head must be 'region', 'multiscale' or "
-                       f"None, got {self.head!r}")
     features = BACKBONES[self.backbone](
         attention=self.attention, attention_kwargs=self.attention_kwargs, conv=self.conv,
         dtype=self.dtype, param_dtype=self.param_dtype, name="backbone",
@@ -308,6 +360,16 @@ class MILClassifier(nn.Module):
   conv: ModuleDef = Conv
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
+
+  def __post_init__(self):
+    _checks.positive_int(self.num_classes, "MILClassifier: num_classes")
+    _checks.positive_ints(self.features, "MILClassifier: features")
+    _checks.positive_int(self.embed_dim, "MILClassifier: embed_dim")
+    _checks.choice(self.pooling, "MILClassifier: pooling", POOLINGS)
+    _checks.positive_int(self.hidden, "MILClassifier: hidden")
+    _checks.function(self.conv, "MILClassifier: conv", "a conv module class")
+    _checks.dtypes("MILClassifier", self.dtype, self.param_dtype)
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, x, train: bool = False, mask=None):

@@ -238,13 +238,88 @@ def test_normalize_gradients(kind):
               atol=2e-2, rtol=2e-2)
 
 
+def half_precision_bound(dtype, num_terms, magnitude, output):
+  """How far a half-precision weighted sum may lie from the float64 one.
+
+  The library rounds each score and each weight once to `dtype` (relative error u = eps/2
+  each, so eps on every term a_k R_k), sums `num_terms` terms in float32 (at most
+  `num_terms` float32 roundings of the running sum) and rounds the result once (u).
+
+  Args:
+    dtype: the half-precision dtype.
+    num_terms: N, the length of the reduction.
+    magnitude: `sum_k |a_k| |R_k|` in float64, elementwise.
+    output: the float64 result, elementwise.
+  """
+  eps, eps32 = float(jnp.finfo(dtype).eps), float(jnp.finfo(jnp.float32).eps)
+  return (eps + num_terms * eps32) * magnitude + eps / 2 * np.abs(output)
+
+
+def accumulated_in(dtype, terms):
+  """`sum_k terms[:, k]` accumulated left to right in `dtype`, as a naive kernel would."""
+  terms = np.asarray(terms).astype(dtype)
+  total = terms[:, 0]
+  for k in range(1, terms.shape[1]):
+    total = (total + terms[:, k]).astype(dtype)
+  return total.astype(np.float64)
+
+
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_region_attention_low_precision(dtype):
-  x = random_image((2, 16, 16, 4), seed=14)
-  y32, a32 = ra.region_attention(x, ra.per_region(jnp.mean), grid=(4, 4))
-  y, a = ra.region_attention(jnp.asarray(x, dtype), ra.per_region(jnp.mean), grid=(4, 4))
+@pytest.mark.parametrize("image,grid", [((16, 16), (8, 8)), ((64, 64), (32, 32))],
+                         ids=["64_regions_unrolled", "1024_regions_large_sums"])
+def test_region_attention_half_precision_against_float64(dtype, image, grid):
+  # Positive pixels in [1, 2] and sigmoid weights: the sum over 1024 regions reaches
+  # ~1000, where a half-precision running sum no longer moves by one term.
+  rng = np.random.default_rng(14)
+  x = jnp.asarray(rng.uniform(1, 2, (2,) + image + (3,)), dtype)
+  y, a = jax.jit(lambda x: ra.region_attention(x, ra.per_region(jnp.mean), grid=grid,
+                                               normalize="sigmoid"))(x)
   assert y.dtype == dtype and a.dtype == dtype
-  np.testing.assert_allclose(np.asarray(y, np.float32), y32, rtol=0.05, atol=0.05)
+  x64 = np.asarray(x, np.float64)  # the same rounded pixels, in float64
+  want_y, want_a = reference.region_attention(x64, lambda r: float(np.mean(r)), "sigmoid",
+                                              "sum", grid=grid)
+  eps = float(jnp.finfo(dtype).eps)
+  np.testing.assert_allclose(np.asarray(a, np.float64), want_a, rtol=eps, atol=0)
+  terms = want_a[:, :, None, None, None] * reference.partition(x64, grid=grid)
+  bound = half_precision_bound(dtype, terms.shape[1], np.abs(terms).sum(1), want_y)
+  error = np.abs(np.asarray(y, np.float64) - want_y)
+  assert (error <= bound).all(), (error.max(), bound.min())
+  if terms.shape[1] > 64:  # The bound has power: a half-precision accumulation breaks it.
+    naive = accumulated_in(dtype, terms)
+    assert (np.abs(naive - want_y) > bound).any()
+
+
+@pytest.mark.parametrize("grid", [(8, 8), (16, 16)], ids=["64_unrolled", "256_reduced"])
+def test_grid_sum_both_paths_match_loops(grid, use_jit):
+  """8x8 is the largest unrolled grid sum, 16x16 takes XLA's reduction (_reduced_grid_sum)."""
+  x = random_image((2, 32, 32, 3), seed=15)
+  for mode in ("sum", "mean"):
+    fn = functools.partial(ra.region_attention, score_fn=ra.per_region(mean_score),
+                           grid=grid, normalize="softmax", aggregate=mode)
+    y, a = maybe_jit(fn, use_jit)(x)
+    want_y, want_a = reference.region_attention(x, numpy_mean_score, "softmax", mode,
+                                                grid=grid)
+    np.testing.assert_allclose(a, want_a, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(y, want_y, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("grid", [(8, 8), (16, 16)])
+def test_grid_sum_gradient_matches_loops(grid):
+  """The reduction's tangent rule (the JVP of both paths) against the gradient by hand:
+  d/dx_p sum(c * y) with fixed weights is c at the pixel's position times its weight."""
+  from regionatt_jax import weighting  # pylint: disable=import-outside-toplevel
+  layout = ra.region_layout((32, 32), grid=grid)
+  x = random_image((32, 32, 2), seed=16)
+  a = np.abs(random_image((layout.num_regions,), seed=17))
+  c = random_image(layout.size + (2,), seed=18)
+  grad_x, grad_a = jax.grad(
+      lambda x, a: jnp.sum(c * weighting._weighted_grid_sum(x, a, layout, "sum")),
+      argnums=(0, 1))(x, a)
+  regions = reference.partition(x[None], grid=grid)[0]
+  want_a = np.einsum("nhwc,hwc->n", regions, c)
+  want_x = reference.unpartition((a[:, None, None, None] * c)[None], (32, 32), grid=grid)[0]
+  np.testing.assert_allclose(grad_a, want_a, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(grad_x, want_x, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("grid", [(4, 4), (16, 16)])

@@ -8,6 +8,7 @@ value at trace time: only its shape and dtype are checked then.
 """
 
 import math
+import os
 from collections.abc import Sequence
 
 import jax
@@ -98,14 +99,23 @@ def int_pair(value, name: str, minimum: int = 1) -> tuple[int, int]:
   return int(value[0]), int(value[1])
 
 
-def positive_int(value, name: str, *, odd: bool = False) -> int:
-  """Returns `value` as a Python int after checking it is an int >= 1 (and odd if asked)."""
-  need = "a positive odd int" if odd else "a positive int"
+def integer(value, name: str, *, minimum: int = 1, odd: bool = False) -> int:
+  """Returns `value` as a Python int after checking it is an int >= `minimum` (odd if asked)."""
+  need = {1: "a positive", 0: "a non-negative"}.get(minimum, f"an int >= {minimum}:")
+  need = f"{need}{' odd' if odd else ''} int"
   if not _is_int(value):
     raise TypeError(f"{name} must be {need}, got {type(value).__name__} {_describe(value)}")
-  if value < 1 or (odd and value % 2 == 0):
+  if value < minimum or (odd and value % 2 == 0):
     raise ValueError(f"{name} must be {need}, got {value}")
   return int(value)
+
+
+def path(value, name: str):
+  """Returns `value` after checking it is a path (a str or an `os.PathLike`)."""
+  if not isinstance(value, (str, os.PathLike)) or not str(value):
+    raise TypeError(f"{name} must be a non-empty path (str or os.PathLike), got "
+                    f"{type(value).__name__} {_describe(value)}")
+  return value
 
 
 def positive_ints(values, name: str) -> tuple[int, ...]:

@@ -74,7 +74,7 @@ class SqueezeExcite(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
-    _checks.positive_int(self.reduction, "SqueezeExcite: reduction")
+    _checks.integer(self.reduction, "SqueezeExcite: reduction")
     _checks.dtypes("SqueezeExcite", self.dtype, self.param_dtype)
     super().__post_init__()
 
@@ -103,7 +103,7 @@ def eca_kernel_size(channels: int, gamma: float = 2.0, b: float = 1.0) -> int:
 
   Written as in the authors' code: `t = int(|(log2 C + b) / γ|)`, then `t` if odd else `t + 1`.
   """
-  _checks.positive_int(channels, "channels")
+  _checks.integer(channels, "channels")
   _checks.real_scalar(gamma, "gamma", positive=True)
   _checks.real_scalar(b, "b")
   t = int(abs((math.log2(channels) + b) / gamma))
@@ -128,7 +128,7 @@ class EfficientChannelAttention(nn.Module):
 
   def __post_init__(self):
     if self.kernel_size is not None:
-      _checks.positive_int(self.kernel_size, "EfficientChannelAttention: kernel_size", odd=True)
+      _checks.integer(self.kernel_size, "EfficientChannelAttention: kernel_size", odd=True)
     _checks.real_scalar(self.gamma, "EfficientChannelAttention: gamma", positive=True)
     _checks.real_scalar(self.b, "EfficientChannelAttention: b")
     _checks.dtypes("EfficientChannelAttention", self.dtype, self.param_dtype)
@@ -172,7 +172,7 @@ class SpatialAttention(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
-    _checks.positive_int(self.kernel_size, "SpatialAttention: kernel_size")
+    _checks.integer(self.kernel_size, "SpatialAttention: kernel_size")
     _checks.dtypes("SpatialAttention", self.dtype, self.param_dtype)
     super().__post_init__()
 
@@ -217,8 +217,8 @@ class CBAM(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
-    _checks.positive_int(self.reduction, "CBAM: reduction")
-    _checks.positive_int(self.kernel_size, "CBAM: kernel_size")
+    _checks.integer(self.reduction, "CBAM: reduction")
+    _checks.integer(self.kernel_size, "CBAM: kernel_size")
     _checks.dtypes("CBAM", self.dtype, self.param_dtype)
     super().__post_init__()
 
@@ -265,8 +265,8 @@ class CoordinateAttention(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
-    _checks.positive_int(self.reduction, "CoordinateAttention: reduction")
-    _checks.positive_int(self.min_hidden, "CoordinateAttention: min_hidden")
+    _checks.integer(self.reduction, "CoordinateAttention: reduction")
+    _checks.integer(self.min_hidden, "CoordinateAttention: min_hidden")
     _checks.real_scalar(self.momentum, "CoordinateAttention: momentum", minimum=0, maximum=1)
     _checks.dtypes("CoordinateAttention", self.dtype, self.param_dtype)
     super().__post_init__()

@@ -96,7 +96,7 @@ class AttentionNet(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
-    _checks.positive_int(self.num_classes, "AttentionNet: num_classes")
+    _checks.integer(self.num_classes, "AttentionNet: num_classes")
     _checks.positive_ints(self.features, "AttentionNet: features")
     _checks.function(self.conv, "AttentionNet: conv", "a conv module class")
     _checks.dtypes("AttentionNet", self.dtype, self.param_dtype)
@@ -220,7 +220,7 @@ class ResNet(nn.Module):
 
   def __post_init__(self):
     _checks.positive_ints(self.stage_sizes, "ResNet: stage_sizes")
-    _checks.positive_int(self.width, "ResNet: width")
+    _checks.integer(self.width, "ResNet: width")
     _checks.choice(self.stem, "ResNet: stem", STEMS)
     _check_stage_attention("ResNet", self.attention, self.attention_kwargs)
     _checks.function(self.conv, "ResNet: conv", "a conv module class")
@@ -295,7 +295,7 @@ class RegionAttentionClassifier(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
-    _checks.positive_int(self.num_classes, "RegionAttentionClassifier: num_classes")
+    _checks.integer(self.num_classes, "RegionAttentionClassifier: num_classes")
     _checks.choice(self.backbone, "RegionAttentionClassifier: backbone", BACKBONES)
     _check_options("RegionAttentionClassifier", "backbone_kwargs", self.backbone_kwargs)
     _check_stage_attention("RegionAttentionClassifier", self.attention,
@@ -362,11 +362,11 @@ class MILClassifier(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
-    _checks.positive_int(self.num_classes, "MILClassifier: num_classes")
+    _checks.integer(self.num_classes, "MILClassifier: num_classes")
     _checks.positive_ints(self.features, "MILClassifier: features")
-    _checks.positive_int(self.embed_dim, "MILClassifier: embed_dim")
+    _checks.integer(self.embed_dim, "MILClassifier: embed_dim")
     _checks.choice(self.pooling, "MILClassifier: pooling", POOLINGS)
-    _checks.positive_int(self.hidden, "MILClassifier: hidden")
+    _checks.integer(self.hidden, "MILClassifier: hidden")
     _checks.function(self.conv, "MILClassifier: conv", "a conv module class")
     _checks.dtypes("MILClassifier", self.dtype, self.param_dtype)
     super().__post_init__()

@@ -45,7 +45,7 @@ class AttentionPooling(nn.Module):
 
   def __post_init__(self):
     _checks.choice(self.kind, "AttentionPooling: kind", KINDS)
-    _checks.positive_int(self.hidden, "AttentionPooling: hidden")
+    _checks.integer(self.hidden, "AttentionPooling: hidden")
     _checks.dtypes("AttentionPooling", self.dtype, self.param_dtype)
     super().__post_init__()
 

@@ -76,7 +76,7 @@ class AttentionScore(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
-    _checks.positive_int(self.hidden, "AttentionScore: hidden")
+    _checks.integer(self.hidden, "AttentionScore: hidden")
     _checks.boolean(self.gated, "AttentionScore: gated")
     _checks.dtypes("AttentionScore", self.dtype, self.param_dtype)
     super().__post_init__()
@@ -145,7 +145,7 @@ class GatedScorer(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
-    _checks.positive_int(self.hidden, "GatedScorer: hidden")
+    _checks.integer(self.hidden, "GatedScorer: hidden")
     _checks.choice(self.pool, "GatedScorer: pool", POOLINGS)
     _checks.dtypes("GatedScorer", self.dtype, self.param_dtype)
     super().__post_init__()
@@ -176,7 +176,7 @@ class ConvScorer(nn.Module):
 
   def __post_init__(self):
     _checks.positive_ints(self.features, "ConvScorer: features")
-    _checks.positive_int(self.kernel_size, "ConvScorer: kernel_size")
+    _checks.integer(self.kernel_size, "ConvScorer: kernel_size")
     _checks.function(self.conv, "ConvScorer: conv", "a conv module class")
     _checks.dtypes("ConvScorer", self.dtype, self.param_dtype)
     super().__post_init__()
@@ -223,7 +223,7 @@ class RecurrentScorer(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
-    _checks.positive_int(self.hidden, "RecurrentScorer: hidden")
+    _checks.integer(self.hidden, "RecurrentScorer: hidden")
     _checks.choice(self.cell, "RecurrentScorer: cell", CELLS)
     _checks.boolean(self.bidirectional, "RecurrentScorer: bidirectional")
     _checks.choice(self.pool, "RecurrentScorer: pool", POOLINGS)
@@ -271,14 +271,14 @@ class SelfAttentionScorer(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
-    _checks.positive_int(self.embed_dim, "SelfAttentionScorer: embed_dim")
-    _checks.positive_int(self.num_heads, "SelfAttentionScorer: num_heads")
+    _checks.integer(self.embed_dim, "SelfAttentionScorer: embed_dim")
+    _checks.integer(self.num_heads, "SelfAttentionScorer: num_heads")
     if self.embed_dim % self.num_heads:
       raise ValueError(
           f"SelfAttentionScorer: num_heads must divide embed_dim, got num_heads="
           f"{self.num_heads}, embed_dim={self.embed_dim}")
     _checks.boolean(self.position_embeddings, "SelfAttentionScorer: position_embeddings")
-    _checks.positive_int(self.mlp_ratio, "SelfAttentionScorer: mlp_ratio")
+    _checks.integer(self.mlp_ratio, "SelfAttentionScorer: mlp_ratio")
     _checks.choice(self.pool, "SelfAttentionScorer: pool", POOLINGS)
     _checks.dtypes("SelfAttentionScorer", self.dtype, self.param_dtype)
     super().__post_init__()

@@ -90,7 +90,8 @@ def int_pair(value, name: str, minimum: int = 1) -> tuple[int, int]:
   if _is_int(value):
     value = (value, value)
   if isinstance(value, np.ndarray):
-    value = tuple(value.tolist())
+    value = value.tolist()
+    value = tuple(value) if isinstance(value, list) else value
   if (not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2
       or not all(_is_int(v) for v in value)):
     raise TypeError(f"{name} must be an int or a pair of ints, got {_describe(value)}")
@@ -175,12 +176,15 @@ def function(value, name: str, need: str = "a callable"):
 
 def float_dtype(value, name: str, optional: bool = True):
   """Returns `value` after checking it names a floating-point dtype (or is None if `optional`)."""
-  if value is None and optional:
-    return value
-  try:
-    ok = jnp.issubdtype(jnp.dtype(value), jnp.floating)
-  except TypeError:
-    ok = False
+  if value is None:
+    if optional:
+      return value
+    ok = False  # jnp.dtype(None) would be float64
+  else:
+    try:
+      ok = jnp.issubdtype(jnp.dtype(value), jnp.floating)
+    except TypeError:
+      ok = False
   if not ok:
     raise TypeError(f"{name} must be a floating-point dtype{' or None' if optional else ''} "
                     f"(e.g. jnp.float32, jnp.bfloat16), got {_describe(value)}")

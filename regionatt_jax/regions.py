@@ -189,7 +189,14 @@ def unpartition(regions, grid=None, *, size=None, stride=None, image_shape=None,
   Returns:
     `(..., H, W, C)` image.
   """
-  regions = _checks.float_array(regions, "regions", min_rank=4)
+  return _unpartition(regions, "regions", grid, size=size, stride=stride,
+                      image_shape=image_shape, pad=pad)
+
+
+def _unpartition(regions, name: str, grid=None, *, size=None, stride=None,
+                 image_shape=None, pad: bool = False):
+  """`unpartition`, with errors about `regions` naming it `name`."""
+  regions = _checks.float_array(regions, name, min_rank=4)
   _checks.boolean(pad, "pad")
   if image_shape is None:
     if grid is None or pad:
@@ -199,7 +206,7 @@ def unpartition(regions, grid=None, *, size=None, stride=None, image_shape=None,
     gh, gw = _checks.int_pair(grid, "grid")
     image_shape = (gh * regions.shape[-3], gw * regions.shape[-2])
   layout = region_layout(image_shape, grid, size=size, stride=stride, pad=pad)
-  _check_regions(regions, layout, "regions")
+  _check_regions(regions, layout, name)
   (gh, gw), (hp, wp), (h, w) = layout.counts, layout.padded, layout.image
   if layout.is_grid:
     image = einops.rearrange(regions, "... (gh gw) h w c -> ... (gh h) (gw w) c",

@@ -136,8 +136,11 @@ def aggregate(weighted, mode: str = "sum", *, grid=None, size=None, stride=None,
   _checks.nonempty_axis(weighted, "weighted", -4, "region (N)")
   _checks.choice(mode, "mode", AGGREGATIONS)
   if mode == "reassemble":
-    return regions_lib.unpartition(weighted, grid, size=size, stride=stride,
-                                   image_shape=image_shape, pad=pad)
+    if grid is None and size is None:
+      raise ValueError("mode='reassemble' puts the regions back in place and needs their "
+                       "layout: pass grid= or size= (with image_shape= for windows)")
+    return regions_lib._unpartition(weighted, "weighted", grid, size=size, stride=stride,  # pylint: disable=protected-access
+                                    image_shape=image_shape, pad=pad)
   total = jnp.sum(weighted, axis=-4, dtype=_accumulation_dtype(weighted.dtype))
   if mode == "mean":
     total = total / weighted.shape[-4]

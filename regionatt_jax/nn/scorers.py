@@ -50,6 +50,7 @@ def pool_regions(regions, pool: str = "mean", dtype: Dtype | None = None):
   """
   regions = _regions(regions, "pool_regions")
   _checks.choice(pool, "pool", POOLINGS)
+  _checks.float_dtype(dtype, "dtype")
   wide = regions.astype(jnp.float32)
   features = jnp.mean(wide, axis=(-3, -2))
   if pool == "meanmax":

@@ -23,7 +23,7 @@ def _describe(value) -> str:
 
 def array(x, name: str):
   """Returns `x` as an array (arrays pass unchanged), or raises a TypeError naming it."""
-  if hasattr(x, "shape") and hasattr(x, "dtype"):
+  if hasattr(x, "shape") and hasattr(x, "dtype") and not isinstance(x, type):
     return x
   if x is None or isinstance(x, (str, bytes, dict, set)) or callable(x):
     raise TypeError(f"{name} must be an array, got {type(x).__name__} {_describe(x)}")
@@ -92,7 +92,7 @@ def int_pair(value, name: str, minimum: int = 1) -> tuple[int, int]:
   if isinstance(value, np.ndarray):
     value = value.tolist()
     value = tuple(value) if isinstance(value, list) else value
-  if (not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2
+  if (not isinstance(value, Sequence) or isinstance(value, (str, bytes)) or len(value) != 2
       or not all(_is_int(v) for v in value)):
     raise TypeError(f"{name} must be an int or a pair of ints, got {_describe(value)}")
   if min(value) < minimum:
@@ -121,7 +121,7 @@ def path(value, name: str):
 
 def positive_ints(values, name: str) -> tuple[int, ...]:
   """Returns `values` as a tuple of Python ints after checking each is an int >= 1."""
-  if not isinstance(values, Sequence) or isinstance(values, str):
+  if not isinstance(values, Sequence) or isinstance(values, (str, bytes)):
     raise TypeError(f"{name} must be a sequence of positive ints, got "
                     f"{type(values).__name__} {_describe(values)}")
   for value in values:
@@ -144,7 +144,7 @@ def real_scalar(value, name: str, *, positive: bool = False, minimum=None, maxim
   if isinstance(value, (bool, np.bool_)) or value is None or isinstance(value, (str, bytes)):
     raise TypeError(f"{name} must be {need}, got {type(value).__name__} {_describe(value)}")
   if not isinstance(value, (int, float, np.integer, np.floating)):
-    if not (hasattr(value, "shape") and hasattr(value, "dtype")):
+    if isinstance(value, type) or not (hasattr(value, "shape") and hasattr(value, "dtype")):
       raise TypeError(f"{name} must be {need}, got {type(value).__name__} {_describe(value)}")
     if value.shape != () or not (jnp.issubdtype(value.dtype, jnp.floating)
                                  or jnp.issubdtype(value.dtype, jnp.integer)):
@@ -205,3 +205,15 @@ def dtypes(owner: str, dtype, param_dtype) -> None:
   """Checks a module's `dtype` (floating or None) and `param_dtype` (floating)."""
   float_dtype(dtype, f"{owner}: dtype")
   float_dtype(param_dtype, f"{owner}: param_dtype", optional=False)
+
+
+def called(fn, name: str, *args):
+  """`fn(*args)` for a function given by the user as argument `name`; a `ValueError` or
+  `TypeError` it raises is raised again naming that argument (the original is chained)."""
+  try:
+    return fn(*args)
+  except (ValueError, TypeError) as error:
+    kind = ValueError if isinstance(error, ValueError) else TypeError
+    shapes = ", ".join(str(tuple(getattr(a, "shape", ()))) for a in args)
+    raise kind(f"{name} failed on arguments of shape {shapes}: "
+               f"{type(error).__name__}: {error}") from error

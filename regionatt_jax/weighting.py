@@ -160,11 +160,11 @@ def per_region(region_fn: Callable[[jax.Array], jax.Array]) -> ScoreFn:
   def score_fn(regions):
     regions = _checks.float_array(regions, "regions", min_rank=4)
     flat = regions.reshape((-1,) + regions.shape[-3:])
-    scores = jax.vmap(region_fn)(flat)
-    if scores.shape != flat.shape[:1]:
+    scores = _checks.called(jax.vmap(region_fn), "region_fn", flat)
+    if getattr(scores, "shape", None) != flat.shape[:1]:
       raise ValueError(
           f"region_fn must map one region of shape {flat.shape[1:]} to a scalar, got "
-          f"shape {scores.shape[1:]}")
+          f"{f'shape {scores.shape[1:]}' if hasattr(scores, 'shape') else scores!r}")
     return scores.reshape(regions.shape[:-3])
   return score_fn
 
@@ -272,7 +272,7 @@ def region_attention(x, score_fn: ScoreFn, grid=None, *, size=None, stride=None,
   if mask is not None:
     mask = _checks.bool_array(mask, "mask", x.shape[:-3] + (layout.num_regions,))
   regions = regions_lib.partition(x, grid, size=size, stride=stride, pad=pad)
-  scores = score_fn(regions)
+  scores = _checks.called(score_fn, "score_fn", regions)
   if not hasattr(scores, "shape") or tuple(scores.shape) != tuple(regions.shape[:-3]):
     raise ValueError(
         f"score_fn must map regions of shape {tuple(regions.shape)} to scores of shape "

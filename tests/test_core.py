@@ -371,6 +371,27 @@ ERRORS = [
     (lambda: ra.weight(np.zeros((3, 4, 2, 2, 1)), np.zeros((2, 4))), ValueError, r"regions and weights must have leading axes that broadcast together, got \(3,\) and \(2,\)"),
     (lambda: ra.region_boxes(7, grid=(2, 2)), TypeError, r"image_shape must be a pair \(H, W\) of ints, got 7"),
     (lambda: ra.normalize(np.zeros((2, 1)), mask=np.ones((2, 2), bool)), ValueError, r"mask must have a shape that broadcasts to \(2, 1\), got \(2, 2\)"),
+    # Arguments that are not arrays, or not numbers, are named before jnp.asarray sees them.
+    (lambda: ra.partition(None, grid=(2, 2)), TypeError, r"x must be an array, got NoneType None"),
+    (lambda: ra.partition("img", grid=(2, 2)), TypeError, r"x must be an array, got str 'img'"),
+    (lambda: ra.weight(np.zeros((1, 2, 2, 2, 1)), [1.0, "a"]), TypeError, r"weights must be an array, got list"),
+    (lambda: ra.normalize(np.zeros((2, 3)), mask="all"), TypeError, r"mask must be an array, got str"),
+    (lambda: ra.normalize(np.zeros((2, 3)), temperature=np.float32(np.nan)), ValueError, r"temperature must be a finite real number > 0, got nan"),
+    (lambda: ra.normalize(np.zeros((2, 3)), temperature=jnp.float32(0)), ValueError, r"temperature must be a finite real number > 0, got 0.0"),
+    (lambda: ra.normalize(np.zeros((2, 3)), temperature=np.inf), ValueError, r"temperature must be a finite real number > 0, got inf"),
+    (lambda: ra.normalize(np.zeros((2, 3)), temperature="2"), TypeError, r"temperature must be a finite real number > 0, got str '2'"),
+    (lambda: ra.normalize(np.zeros((2, 3)), temperature=None), TypeError, r"temperature must be .*got NoneType None"),
+    (lambda: ra.normalize(np.zeros((2, 3)), temperature=np.ones(3)), TypeError, r"temperature must be .* \(a scalar\), got an array of shape \(3,\)"),
+    (lambda: ra.normalize(np.zeros((2, 3)), temperature=1 + 2j), TypeError, r"temperature must be .*got complex \(1\+2j\)"),
+    (lambda: ra.region_attention(np.zeros((1, 4, 4, 1)), "mean", grid=(2, 2)), TypeError, r"score_fn must be a function of the regions .*got str 'mean'"),
+    (lambda: ra.per_region("mean"), TypeError, r"region_fn must be a function of one region"),
+    (lambda: ra.normalize(np.zeros((2, 3)), ["softmax"]), TypeError, r"kind must be a str, one of \['none', 'sigmoid', 'softmax', 'sparsemax'\], got list \['softmax'\]"),
+    (lambda: ra.aggregate(np.zeros((1, 2, 2, 2, 1)), {"sum"}), TypeError, r"mode must be a str"),
+    (lambda: ra.normalize(np.ones((2, 0))), ValueError, r"scores must have at least one entry along its region \(N\) axis \(axis -1\), got shape \(2, 0\)"),
+    (lambda: ra.aggregate(np.ones((2, 0, 2, 2, 1))), ValueError, r"weighted must have at least one entry along its region \(N\) axis"),
+    (lambda: ra.aggregate(np.ones((2, 3, 2, 2, 1)), "reassemble"), ValueError, r"mode='reassemble' .* needs their layout: pass grid= or size="),
+    (lambda: ra.partition(np.zeros((4, 4, 1)), grid=(2, 2), pad="no"), TypeError, r"pad must be a bool, got str 'no'"),
+    (lambda: ra.partition(np.zeros((4, 4, 1)), grid=np.array(2.0)), TypeError, r"grid must be an int or a pair of ints, got 2.0"),
 ]
 
 
@@ -378,6 +399,21 @@ ERRORS = [
 def test_errors_name_the_argument(call, error, message):
   with pytest.raises(error, match=message):
     call()
+
+
+@pytest.mark.parametrize("temperature", [np.float32(0), np.float64(np.nan), np.array(-1.0), 0])
+def test_temperature_is_checked_the_same_eager_and_under_jit(temperature):
+  scores = jnp.zeros((2, 3))
+  for fn in (ra.normalize, jax.jit(lambda s: ra.normalize(s, temperature=temperature))):
+    with pytest.raises(ValueError, match="temperature must be a finite real number > 0"):
+      fn(scores, temperature=temperature) if fn is ra.normalize else fn(scores)
+
+
+def test_traced_temperature_is_accepted():
+  """A temperature traced under jit has no value at trace time; it divides the scores."""
+  scores = jnp.asarray(random_image((2, 5), seed=19))
+  got = jax.jit(lambda s, t: ra.normalize(s, temperature=t))(scores, 2.0)
+  np.testing.assert_allclose(got, ra.normalize(scores / 2.0), rtol=1e-6)
 
 
 def test_errors_fire_under_jit_at_trace_time():

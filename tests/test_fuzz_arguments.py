@@ -84,14 +84,14 @@ def _is_real(v) -> bool:
     return False
   if isinstance(v, (int, float, np.integer, np.floating)):
     return True
-  return (hasattr(v, "shape") and hasattr(v, "dtype") and v.shape == ()
+  return (_as_array(v) is v and v.shape == ()
           and (np.issubdtype(v.dtype, np.floating) or np.issubdtype(v.dtype, np.integer))
           and v.dtype != bool)
 
 
 def _as_array(v):
   """The array a value stands for, or None when it is not array-like."""
-  if hasattr(v, "shape") and hasattr(v, "dtype"):
+  if hasattr(v, "shape") and hasattr(v, "dtype") and not isinstance(v, type):
     return v
   if isinstance(v, (list, tuple, int, float, complex)):
     try:

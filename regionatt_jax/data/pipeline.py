@@ -57,6 +57,7 @@ def _shift(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
   The same as zero-padding and cropping, without materializing the padded image.
   """
   height, width = image.shape[:2]
+  dy, dx = min(max(dy, -height), height), min(max(dx, -width), width)  # beyond: all zeros
   out = np.zeros_like(image)
   out[max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)] = (
       image[max(-dy, 0):height - max(dy, 0), max(-dx, 0):width - max(dx, 0)])

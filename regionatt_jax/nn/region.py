@@ -150,7 +150,7 @@ class MultiScaleRegionAttention(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
-    if (not isinstance(self.grids, Sequence) or isinstance(self.grids, str)
+    if (not isinstance(self.grids, Sequence) or isinstance(self.grids, (str, bytes))
         or not self.grids):
       raise TypeError(f"MultiScaleRegionAttention: grids must be a non-empty sequence of "
                       f"grids (gh, gw), got {self.grids!r}")

@@ -16,9 +16,7 @@ derandomized (reproducible in CI), `REGIONATT_FUZZ_RANDOM=1` draws new cases eac
 
 import collections
 import functools
-import json
 import os
-import re
 
 import flax.linen as nn
 import hypothesis
@@ -30,13 +28,12 @@ import pytest
 
 import regionatt_jax as ra
 from regionatt_jax import nn as ra_nn
+from tests import fuzz_helpers
 from tests import reference
+from tests.fuzz_helpers import names_in
 
 EXAMPLES = int(os.environ.get("REGIONATT_FUZZ_EXAMPLES", "50"))
-FUZZ = hypothesis.settings(
-    max_examples=EXAMPLES, deadline=None, database=None,
-    derandomize=not os.environ.get("REGIONATT_FUZZ_RANDOM"),
-    suppress_health_check=list(hypothesis.HealthCheck))
+FUZZ = fuzz_helpers.settings(EXAMPLES)
 
 #: (target, "ok" | "error") -> number of cases run.
 FUZZ_COUNTS: collections.Counter = collections.Counter()
@@ -56,12 +53,7 @@ rarely = st.sampled_from([False] * 7 + [True])
 def report_counts():
   """Prints the case counts after the module (and writes them where asked)."""
   yield
-  total = sum(FUZZ_COUNTS.values())
-  table = {f"{target}/{outcome}": n for (target, outcome), n in sorted(FUZZ_COUNTS.items())}
-  print(f"\nfuzz cases run: {total} {json.dumps(table)}")
-  if os.environ.get("REGIONATT_FUZZ_REPORT"):
-    with open(os.environ["REGIONATT_FUZZ_REPORT"], "w") as f:
-      json.dump({"total": total, "cases": table}, f, indent=2)
+  fuzz_helpers.report(FUZZ_COUNTS, "fuzz")
 
 
 def make_array(seed: int, shape, dtype: str, nan: bool = False, scale: float = 3.0):
@@ -81,10 +73,6 @@ def make_array(seed: int, shape, dtype: str, nan: bool = False, scale: float = 3
 
 def is_float(dtype: str) -> bool:
   return dtype in FLOAT_DTYPES
-
-
-def names_in(message: str, names) -> bool:
-  return any(re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", message) for name in names)
 
 
 def run_case(target: str, problems: set, call):

@@ -21,10 +21,8 @@ point; a default run must run at least 10,000 cases (`MIN_CASES`).
 """
 
 import collections
-import json
 import math
 import os
-import re
 
 import hypothesis
 import hypothesis.strategies as st
@@ -38,12 +36,11 @@ import regionatt_jax as ra
 from regionatt_jax import data
 from regionatt_jax import nn as ra_nn
 from regionatt_jax.train import config as config_lib
+from tests import fuzz_helpers
+from tests.fuzz_helpers import names_in
 
 EXAMPLES = int(os.environ.get("REGIONATT_FUZZ_ARG_EXAMPLES", "250"))
-FUZZ = hypothesis.settings(
-    max_examples=EXAMPLES, deadline=None, database=None,
-    derandomize=not os.environ.get("REGIONATT_FUZZ_RANDOM"),
-    suppress_health_check=list(hypothesis.HealthCheck))
+FUZZ = fuzz_helpers.settings(EXAMPLES)
 
 #: entry point -> number of cases run, by outcome ("ok", "refused" or "rejected").
 FUZZ_COUNTS: collections.Counter = collections.Counter()
@@ -531,10 +528,6 @@ ENTRIES = {**PURE, **NN, **DATA, **CONFIG}
 
 # --- running a case ------------------------------------------------------------------
 
-def names_in(message: str, names) -> bool:
-  return any(re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", message) for name in names)
-
-
 def _message_names(name: str) -> list[str]:
   """How a message may name an argument: itself, and a config key with dots."""
   return [name, name.replace("/", ".")]
@@ -601,12 +594,7 @@ def changes_of(draw, entry: Entry):
 def report_counts():
   """Prints the case counts after the module (and writes them where asked)."""
   yield
-  total = sum(FUZZ_COUNTS.values())
-  table = {f"{entry}/{outcome}": n for (entry, outcome), n in sorted(FUZZ_COUNTS.items())}
-  print(f"\nargument fuzz cases run: {total} {json.dumps(table)}")
-  if os.environ.get("REGIONATT_FUZZ_REPORT"):
-    with open(os.environ["REGIONATT_FUZZ_REPORT"] + ".arguments.json", "w") as f:
-      json.dump({"total": total, "cases": table}, f, indent=2)
+  fuzz_helpers.report(FUZZ_COUNTS, "argument fuzz", suffix=".arguments.json")
 
 
 def fuzz_property(entry_name: str, entry: Entry):
@@ -623,7 +611,7 @@ def fuzz_property(entry_name: str, entry: Entry):
 GROUPS = {"pure": PURE, "nn": NN, "data": DATA, "config": CONFIG}
 #: Cases each group must run by default (REGIONATT_FUZZ_ARG_EXAMPLES=250): together
 #: over 10,000. Entry points with few possible cases exhaust them sooner.
-MIN_CASES = {"pure": 0, "nn": 0, "data": 0, "config": 0}
+MIN_CASES = {"pure": 2500, "nn": 6750, "data": 1100, "config": 200}
 
 
 @pytest.mark.parametrize("group", list(GROUPS))

@@ -164,7 +164,7 @@ def per_region(region_fn: Callable[[jax.Array], jax.Array]) -> ScoreFn:
     if getattr(scores, "shape", None) != flat.shape[:1]:
       raise ValueError(
           f"region_fn must map one region of shape {flat.shape[1:]} to a scalar, got "
-          f"{f'shape {scores.shape[1:]}' if hasattr(scores, 'shape') else scores!r}")
+          + (f"shape {scores.shape[1:]}" if hasattr(scores, "shape") else repr(scores)))
     return scores.reshape(regions.shape[:-3])
   return score_fn
 

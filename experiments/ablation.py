@@ -137,32 +137,29 @@ def run_dir(out: str, row: table.Row, seed: int) -> str:
 
 def restore_state(config, workdir: str):
   """The train state of the latest checkpoint in `workdir`, as `train_and_evaluate` left it."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from regionatt_jax import data  # pylint: disable=g-import-not-at-top
-  from regionatt_jax.train import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-  from regionatt_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from regionatt_jax import nn as ra_nn  # pylint: disable=g-import-not-at-top
   from regionatt_jax.train import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
   from regionatt_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  from regionatt_jax.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   spec = data.dataset_spec(config.dataset.name)
-  model = loop.build_model(config, spec.num_classes)
-  sample = ((spec.max_bag_size,) if spec.max_bag_size else ()) + tuple(spec.image_shape)
+  model = ra_nn.build_model(config.model, spec.num_classes, jnp.dtype(config.train.compute_dtype))
   mesh = sharding_lib.make_mesh(config.mesh.model_axis_size)
-  abstract = state_lib.abstract_train_state(config, model, (1,) + sample, mesh)
-  manager = checkpoint_lib.make_manager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                                        keep_last=config.train.keep_checkpoints,
-                                        keep_best=config.train.keep_best)
-  step = manager.latest_step()
-  if step is None:
-    raise ValueError(f"workdir={workdir!r} has no checkpoint to restore")
-  items, _ = checkpoint_lib.restore(manager, step, abstract.checkpoint_items())
+  abstract = state_lib.abstract_train_state(config, model, (1, *spec.example_shape), mesh)
+  manager = workdir_lib.checkpoint_manager(workdir, config)
+  restored = workdir_lib.restore_latest(workdir, manager, abstract, move_damaged=False)
   manager.close()
-  return abstract.replace(**items), mesh
+  if restored is None:
+    raise ValueError(f"workdir={workdir!r} has no checkpoint to restore")
+  return restored[1], mesh
 
 
 def _attention_outputs(intermediates, image_hw):
   """What the figures need from a model's sown attention (None where it has none)."""
   from regionatt_jax import nn as ra_nn  # pylint: disable=g-import-not-at-top
-  from regionatt_jax.train import loop  # pylint: disable=g-import-not-at-top
-  outputs = {"map": loop.attention_maps_or_none(intermediates, image_hw)}
+  outputs = {"map": ra_nn.attention_maps(intermediates, image_hw)
+             if ra_nn.has_attention_map(intermediates) else None}
   for name in (ra_nn.REGION_WEIGHTS, ra_nn.INSTANCE_WEIGHTS):
     try:
       outputs[name] = ra_nn.topmost(intermediates, name)[0]
@@ -180,11 +177,19 @@ def _test_batches(config):
 
 def _predict_fn(state):
   """Jitted `batch -> (logits, attention outputs)` of the restored model."""
-  import functools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  from regionatt_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
-  predict = jax.jit(functools.partial(step_lib.predict, maps_fn=_attention_outputs))
-  return lambda batch: jax.device_get(predict(state, batch))
+  variables = {"params": state.params, **({"batch_stats": state.batch_stats}
+                                          if state.batch_stats else {})}
+
+  def predict(batch):
+    logits, collections = state.apply_fn(
+        variables, batch["image"], train=False, mutable=["intermediates"],
+        **({"mask": batch["mask"]} if "mask" in batch else {}))
+    return logits, _attention_outputs(collections.get("intermediates", {}),
+                                      batch["image"].shape[-3:-1])
+
+  predict = jax.jit(predict)
+  return lambda batch: jax.device_get(predict(batch))
 
 
 def pointing_ceiling(boxes: np.ndarray, image_hw: tuple[int, int],
@@ -269,8 +274,7 @@ def bag_metrics(state, config, *, keep_example: bool
   scores, labels, hits, chance = [], [], [], []
   example = {}
   for batch in _test_batches(config):
-    logits, outputs = predict({"image": batch["bag"], "mask": batch["mask"],
-                               "label": batch["label"]})
+    logits, outputs = predict({"image": batch["image"], "mask": batch["mask"]})
     weights = np.asarray(outputs["instance_weights"])
     scores.append(logits[:, 1] - logits[:, 0])
     labels.append(batch["label"])
@@ -281,7 +285,7 @@ def bag_metrics(state, config, *, keep_example: bool
     chance.append((is_target.sum(-1) / batch["mask"].sum(-1))[positive])
     if keep_example and not example:
       first = int(np.flatnonzero(positive)[0])
-      example = {"bag": batch["bag"][first], "weights": weights[first],
+      example = {"bag": batch["image"][first], "weights": weights[first],
                  "mask": batch["mask"][first],
                  "instance_labels": batch["instance_labels"][first]}
   scores, labels = np.concatenate(scores), np.concatenate(labels)
@@ -309,22 +313,6 @@ def image_examples(state, config) -> dict[str, np.ndarray]:
 def parameter_count(state) -> int:
   import jax  # pylint: disable=g-import-not-at-top
   return int(sum(leaf.size for leaf in jax.tree.leaves(state.params)))
-
-
-def steady_throughput(workdir: str, batch_size: int) -> float | None:
-  """Training images/s over the logged windows after the first (which compiles).
-
-  Each 'train' record of metrics.jsonl covers the steps since the previous one and
-  carries their mean `step_time_s`.
-  """
-  from regionatt_jax.train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-  records = [r for r in metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-             if r["split"] == "train"]
-  steps = np.diff([0] + [r["step"] for r in records])
-  seconds = steps * np.array([r["step_time_s"] for r in records])
-  if len(records) < 2:
-    return None
-  return float(batch_size * steps[1:].sum() / seconds[1:].sum())
 
 
 def _alive(pid: int) -> bool:
@@ -400,7 +388,7 @@ def _train_and_measure(row: table.Row, seed: int, workdir: str, path: str, *, da
       "test_pointing_game": summary["test_pointing_game"],
       "final_train_loss": summary["final_train_loss"],
       "wall_time_s": summary["wall_time_s"],
-      "images_per_sec": steady_throughput(workdir, config.train.global_batch_size),
+      "images_per_sec": summary["train_images_per_sec"],
       "params": parameter_count(state),
   }
   keep_example = seed == min(table.SEEDS)
@@ -847,8 +835,8 @@ def selected_rows(tables: Sequence[str], smoke: bool, pattern: str = "") -> list
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(argv)
-  from regionatt_jax.train import loop  # pylint: disable=g-import-not-at-top
-  args.data_dir = loop.resolve_data_dir(args.data_dir)
+  from regionatt_jax import data  # pylint: disable=g-import-not-at-top
+  args.data_dir = data.resolve_data_dir(args.data_dir)
   if args.one:
     result = run_one(rows_by_key()[args.one], args.seed, args.out, data_dir=args.data_dir,
                      smoke=args.smoke)

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from regionatt_jax.train import config as config_lib
+from experiments.configs import tiny
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
@@ -39,24 +39,11 @@ _MAX_GROWTH_MB = flags.DEFINE_float(
 
 def soak_config(steps: int, data_dir: str = "") -> ml_collections.ConfigDict:
   """The tiny config, with a log, evaluation and checkpoint cycle every `steps // 10`."""
-  config = config_lib.base_config()
-  config.dataset.name = "cluttered_digits/tiny"
+  config = tiny.get_config()
   config.dataset.data_dir = data_dir
-  config.model.name = "RegionAttentionClassifier"
-  config.model.kwargs.backbone_kwargs = {"features": (4, 8)}
-  config.model.kwargs.head_kwargs = {"grid": (2, 2)}
   cycle = max(steps // 10, 2)
-  config.train.steps = steps
-  config.train.global_batch_size = 8
-  config.train.eval_batch_size = 64
-  config.train.log_every = max(cycle // 5, 1)
-  config.train.eval_every = cycle
-  config.train.checkpoint_every = cycle
-  config.train.keep_checkpoints = 2
-  config.train.keep_best = 1
-  config.train.progress_bar = False
-  config.train.num_figures = 0
-  config.optim.warmup_steps = 2
+  config.train.update(steps=steps, log_every=max(cycle // 5, 1), eval_every=cycle,
+                      checkpoint_every=cycle, keep_best=1)
   return config
 
 

@@ -220,7 +220,7 @@ def _weighted_grid_sum(x, weights, layout, mode):
 
   Works on the free reshape `(..., gh, h, gw, w, C)` of `x` and never materializes the
   weighted regions or a transposed copy: an einsum over the `(..., N, h, w, C)` regions
-  lowers on XLA:CPU to a transpose plus a batched matmul, 10x slower (PERF_NOTES.md).
+  lowers on XLA:CPU to a transpose plus a batched matmul, 10x slower (docs/design.md).
 
   Args:
     x: `(..., Hp, Wp, C)` image, already padded to `layout.padded`.

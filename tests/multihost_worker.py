@@ -25,7 +25,9 @@ from regionatt_jax.train import config as config_lib
 from regionatt_jax.train import sharding as sharding_lib
 from regionatt_jax.train import state as state_lib
 from regionatt_jax.train import step as step_lib
-from tests.train_helpers import TinyCNN, synthetic_batches, tiny_config
+from experiments.configs import tiny
+from regionatt_jax.train import loop
+from tests.helpers import TinyCNN, synthetic_batches
 
 GLOBAL_BATCH = 16
 NUM_STEPS = 3
@@ -45,7 +47,7 @@ def train_few_steps(mesh, process_index: int = 0, process_count: int = 1,
   config.optim.learning_rate = 0.1
   state = state_lib.create_train_state(config, TinyCNN(), jax.random.PRNGKey(0),
                                        (1, 16, 16, 3), mesh=mesh)
-  train, _, _ = step_lib.jit_steps(state, lambda inter, hw: None)
+  train, _, _ = step_lib.jit_steps(state)
   local = GLOBAL_BATCH // process_count
   for batch in synthetic_batches(num_steps, GLOBAL_BATCH, seed=7):
     mine = {k: v[process_index * local:(process_index + 1) * local] for k, v in batch.items()}
@@ -99,9 +101,11 @@ def main(argv) -> None:
     if jax.process_index() == 0:
       np.savez(args.out, **params)
   else:
-    from regionatt_jax.train import loop
-    loop.model_constructors = lambda: {"TinyCNN": TinyCNN}
-    summary = loop.train_and_evaluate(tiny_config(args.data_dir, steps=4), args.out)
+    config = tiny.get_config()
+    config.dataset.data_dir = args.data_dir
+    config.train.update(steps=4, global_batch_size=16, log_every=2, eval_every=4,
+                        num_figures=2)
+    summary = loop.train_and_evaluate(config, args.out)
     print("SUMMARY " + json.dumps(summary))
   if args.num_processes > 1:
     jax.distributed.shutdown()

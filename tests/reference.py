@@ -10,7 +10,7 @@ import numpy as np
 
 
 def layout(image, grid=None, size=None, stride=None, pad=False):
-  """Returns (counts, size, stride) from the definitions in DESIGN.md."""
+  """Returns (counts, size, stride) from the definitions in `regionatt_jax.region_layout`'s docstring."""
   H, W = image
   if grid is not None:
     gh, gw = grid

@@ -11,8 +11,8 @@ import pytest
 from experiments import ablation
 from experiments.configs import ablation as table
 from regionatt_jax import data
+from regionatt_jax import nn as ra_nn
 from regionatt_jax.train import config as config_lib
-from regionatt_jax.train import loop
 
 
 def test_table_has_every_method_seeds_and_unique_keys():
@@ -38,7 +38,7 @@ def test_every_row_gives_a_valid_config_and_model(smoke):
     assert config.seed == 7
     assert config.train.eval_every == config.train.steps == config.train.checkpoint_every
     spec = data.dataset_spec(config.dataset.name)
-    model = loop.build_model(config, spec.num_classes)
+    model = ra_nn.build_model(config.model, spec.num_classes)
     assert type(model).__name__ == config.model.name
     # Every key the row sets lands in the config.
     for dotted, value in row.overrides.items():
@@ -54,7 +54,7 @@ def test_real_dataset_rows_give_valid_configs_without_the_data():
     config = ablation.make_config(row, 0, data_dir="/data")
     config_lib.validate_config(config, num_devices=1)
     spec = data.dataset_spec(config.dataset.name)
-    assert loop.build_model(config, spec.num_classes).backbone == "resnet18"
+    assert ra_nn.build_model(config.model, spec.num_classes).backbone == "resnet18"
   assert {row.table for row in table.REAL_ROWS} == {"cifar10", "eurosat", "patch_camelyon"}
   assert not {r.key for r in table.REAL_ROWS} & {r.key for r in table.ROWS}  # not default
 
@@ -79,7 +79,7 @@ def test_every_model_initializes_abstractly():
   for row in table.ROWS:
     config = ablation.make_config(row, 0, data_dir="/data", smoke=True)
     spec = data.dataset_spec(config.dataset.name)
-    model = loop.build_model(config, spec.num_classes)
+    model = ra_nn.build_model(config.model, spec.num_classes)
     shape = (2,) + ((spec.max_bag_size,) if spec.max_bag_size else ()) + spec.image_shape
     variables = jax.eval_shape(lambda m=model, s=shape: m.init(jax.random.PRNGKey(0),
                                                              jnp.zeros(s)))
@@ -133,19 +133,6 @@ def test_claim_skips_runs_held_by_live_processes_and_takes_over_dead_ones(tmp_pa
   held.mkdir(parents=True)
   (held / ablation.LOCK_FILE).write_text(str(os.getppid()))
   assert ablation.run_one(row, 0, str(tmp_path / "out"), data_dir="/data") is None
-
-
-def test_steady_throughput_skips_the_compiling_window(tmp_path):
-  records = [
-      {"step": 10, "split": "train", "step_time_s": 5.0, "loss": 1.0},  # compiles
-      {"step": 20, "split": "train", "step_time_s": 0.5, "loss": 1.0},
-      {"step": 20, "split": "val", "accuracy": 0.5},
-      {"step": 25, "split": "train", "step_time_s": 0.25, "loss": 1.0},
-  ]
-  with open(tmp_path / "metrics.jsonl", "w") as f:
-    f.writelines(json.dumps(r) + "\n" for r in records)
-  # 15 steps of 32 images in 10 * 0.5 + 5 * 0.25 seconds.
-  assert ablation.steady_throughput(str(tmp_path), 32) == pytest.approx(15 * 32 / 6.25)
 
 
 def _result(row, seed, accuracy, **extra):

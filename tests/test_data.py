@@ -13,7 +13,7 @@ from sklearn import datasets as sk_datasets
 
 from regionatt_jax import data
 from regionatt_jax.data import cluttered_digits, digit_bags, digits
-from tests.data_fixtures import TINY_BAGS, TINY_DIGITS, TINY_DIGITS_CLEAN, data_dir  # noqa: F401
+from tests.helpers import TINY_BAGS, TINY_DIGITS, TINY_DIGITS_CLEAN
 
 SPLITS = ("train", "validation", "test")
 SKLEARN_LABELS = sk_datasets.load_digits().target

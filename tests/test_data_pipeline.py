@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from regionatt_jax import data
-from tests.data_fixtures import TINY_DIGITS_CLEAN, data_dir  # noqa: F401
+from tests.helpers import TINY_DIGITS_CLEAN
 
 NAME = "cluttered_digits/tiny"
 
@@ -170,10 +170,10 @@ def test_augmented_digit_stays_in_its_box(data_dir):
 
 def test_digit_bags_batches(data_dir):
   batch = next(_iterator(data_dir, name="digit_bags/tiny", global_batch_size=8))
-  assert batch["bag"].shape == (8, 8, 16, 16, 1) and batch["bag"].dtype == np.float32
+  assert batch["image"].shape == (8, 8, 16, 16, 1) and batch["image"].dtype == np.float32
   assert batch["mask"].shape == (8, 8) and batch["mask"].dtype == bool
   assert batch["instance_labels"].dtype == np.int32 and batch["label"].dtype == np.int32
-  assert np.all(batch["bag"][~batch["mask"]] == -1.0)  # padding is black
+  assert np.all(batch["image"][~batch["mask"]] == -1.0)  # padding is black
 
 
 @pytest.mark.parametrize("name", ["cifar10", "eurosat/rgb", "patch_camelyon"])

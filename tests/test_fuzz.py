@@ -3,7 +3,7 @@
 Every generated call must either return an output of the documented shape (finite when
 the inputs are finite) or raise `ValueError`/`TypeError` whose message names an argument
 that is actually wrong. Whether a call is valid, and which arguments are wrong, is
-decided here from the documented contract (DESIGN.md and the docstrings), independently
+decided here from the documented contract (docs/design.md and the docstrings), independently
 of the code under test; shapes come from `tests/reference.layout`. A few cheap value
 invariants (a grid partition is a permutation of the pixels, normalized weights are a
 distribution, boxes match masks) catch outputs that have the right shape but are wrong.
@@ -120,7 +120,7 @@ def as_pair(value):
 
 
 def layout_problems(image, grid=None, size=None, stride=None, pad=False) -> set:
-  """The layout arguments that are wrong for an `image` `(H, W)`, per DESIGN.md."""
+  """The layout arguments that are wrong for an `image` `(H, W)`, per docs/design.md."""
   if (grid is None) == (size is None):
     return {"grid", "size"}
   if grid is not None:

@@ -1,4 +1,4 @@
-"""Importing the library pulls in neither torch nor tensorflow (DESIGN.md)."""
+"""Importing the library pulls in neither torch nor tensorflow (docs/design.md)."""
 
 import subprocess
 import sys

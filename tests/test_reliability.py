@@ -1,7 +1,7 @@
 """Reliability of training runs, tested by killing them: exact resume, atomic checkpoints,
 damaged checkpoints, non-finite values, determinism and early config errors.
 
-The runs are real: `python -m experiments.train` on `tests/reliability_config.py`
+The runs are real: `python -m experiments.train` on `experiments/configs/tiny.py`
 (a tiny `RegionAttentionClassifier` on `cluttered_digits/tiny`) in a subprocess,
 SIGKILLed at random steps and during a checkpoint save, then restarted on the same
 workdir. What must hold is compared against an uninterrupted run: the whole final train
@@ -27,22 +27,16 @@ import pytest
 from regionatt_jax import data
 from regionatt_jax.train import loop
 from regionatt_jax.train import metrics as metrics_lib
-from tests import data_fixtures, reliability_config
-from tests.train_helpers import snapshot
+from experiments.configs import tiny
+from tests import helpers
+from tests.helpers import snapshot
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(REPO, "tests", "reliability_config.py")
-STEPS = 40  # checkpoints every 2 steps (tests/reliability_config.py)
+CONFIG = os.path.join(REPO, "experiments", "configs", "tiny.py")
+STEPS = 40  # checkpoints every 2 steps (experiments/configs/tiny.py)
 TIMING_KEYS = ("step_time_s", "images_per_sec")
 RUN_TIMEOUT_S = 600
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax writes a step here, then renames it
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("tfds"))
-  data.prepare("cluttered_digits/tiny", path)
-  return path
 
 
 def train_command(workdir: str, data_dir: str, *overrides: str) -> list[str]:
@@ -243,7 +237,7 @@ def test_cli_rejects_a_bad_config_before_any_work(tmp_path, override, names):
 
 def test_grid_larger_than_the_feature_map_fails_before_any_work(tmp_path):
   """An impossible model option fails while the model is traced, before data or workdir."""
-  config = reliability_config.get_config()
+  config = tiny.get_config()
   config.dataset.data_dir = str(tmp_path / "no_data")
   config.model.kwargs.head_kwargs = {"grid": (64, 64)}
   workdir = str(tmp_path / "run")
@@ -255,8 +249,8 @@ def test_grid_larger_than_the_feature_map_fails_before_any_work(tmp_path):
 # --- damaged checkpoints (in-process runs on copies of the reference workdir) ---------
 
 def in_process_config(data_dir: str, **train):
-  """The config the CLI runs build from tests/reliability_config.py, for in-process runs."""
-  config = reliability_config.get_config()
+  """The config the CLI runs build from experiments/configs/tiny.py, for in-process runs."""
+  config = tiny.get_config()
   config.dataset.data_dir = data_dir
   config.train.steps = STEPS
   for key, value in train.items():
@@ -359,7 +353,7 @@ def poison_batch(monkeypatch, at_step: int, value: float):
       batch["image"] = image
     return batch
 
-  data_fixtures.wrap_train_batches(monkeypatch, poison)
+  helpers.wrap_train_batches(monkeypatch, poison)
 
 
 def all_finite(state: dict[str, np.ndarray]) -> bool:

@@ -13,24 +13,13 @@ import orbax.checkpoint as ocp
 import pytest
 
 from regionatt_jax import data
+from regionatt_jax import nn as ra_nn
+from regionatt_jax import train
 from regionatt_jax.train import loop
 from regionatt_jax.train import metrics as metrics_lib
-from tests import data_fixtures
-from tests.train_helpers import TinyCNN, snapshot, tiny_config
+from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def tiny_data_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("tfds"))
-  data.prepare("cluttered_digits/tiny", path)
-  return path
-
-
-@pytest.fixture
-def tiny_models(monkeypatch):
-  monkeypatch.setattr(loop, "model_constructors", lambda: {"TinyCNN": TinyCNN})
 
 
 def _train_records(workdir):
@@ -47,11 +36,11 @@ def _final_state(workdir, step):
 
 
 @pytest.mark.slow
-def test_main_job_command_end_to_end(tmp_path, tiny_data_dir):
+def test_main_job_command_end_to_end(tmp_path, data_dir):
   """`python -m experiments.train` with the default config, shrunk from the command line."""
   workdir = tmp_path / "run"
   overrides = {
-      "dataset.name": "cluttered_digits/tiny", "dataset.data_dir": tiny_data_dir,
+      "dataset.name": "cluttered_digits/tiny", "dataset.data_dir": data_dir,
       "model.kwargs.backbone_kwargs.features": "(16,32,32)", "train.steps": 40,
       "train.global_batch_size": 32, "train.eval_batch_size": 64, "train.log_every": 8,
       "train.eval_every": 20, "train.checkpoint_every": 20, "train.num_figures": 3,
@@ -78,9 +67,10 @@ def test_main_job_command_end_to_end(tmp_path, tiny_data_dir):
 
 
 @pytest.mark.slow
-def test_resume_equals_uninterrupted_run(tmp_path, tiny_data_dir, tiny_models, monkeypatch):
+def test_resume_equals_uninterrupted_run(tmp_path, tiny_config, monkeypatch):
   """Train 2k steps straight; crash after k, restart: same params, same logged losses."""
-  config = tiny_config(tiny_data_dir, steps=8)
+  config = tiny_config
+  config.train.steps = 8
   config.train.checkpoint_every = 4
   config.train.eval_every = 4
   straight = str(tmp_path / "straight")
@@ -96,7 +86,7 @@ def test_resume_equals_uninterrupted_run(tmp_path, tiny_data_dir, tiny_models, m
 
   resumed = str(tmp_path / "resumed")
   make_iterator = data.make_iterator
-  data_fixtures.wrap_train_batches(monkeypatch, crash_at_the_7th_batch)
+  helpers.wrap_train_batches(monkeypatch, crash_at_the_7th_batch)
   with pytest.raises(Crash):
     loop.train_and_evaluate(config, resumed)
   assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == ["4"]
@@ -113,15 +103,46 @@ def test_resume_equals_uninterrupted_run(tmp_path, tiny_data_dir, tiny_models, m
     np.testing.assert_array_equal(flat_resumed[key], flat_straight[key], err_msg=str(key))
 
 
-def test_incompatible_checkpoint_is_refused_untouched(tmp_path, tiny_data_dir, tiny_models):
+def test_incompatible_checkpoint_is_refused_untouched(tmp_path, tiny_config):
   workdir = str(tmp_path / "run")
-  config = tiny_config(tiny_data_dir, steps=2)
+  config = tiny_config
+  config.train.steps = 2
   loop.train_and_evaluate(config, workdir)
-  before = snapshot(workdir)
-  config.model.kwargs = {"features": 4}  # TinyCNN's default is 8
+  before = helpers.snapshot(workdir)
+  config.model.kwargs.backbone_kwargs = {"features": (4, 4)}  # was (4, 8)
   with pytest.raises(ValueError, match="incompatible model: .params/.*there.*new --workdir"):
     loop.train_and_evaluate(config, workdir)
-  assert snapshot(workdir) == before
+  assert helpers.snapshot(workdir) == before
+
+
+def test_a_module_passed_in_is_trained_and_load_rebuilds_the_configs_model(
+    tmp_path, tiny_config):
+  """`model=` trains that module; `load` returns the config's model with the
+  checkpoint's variables, which reproduce the run's test accuracy."""
+  config = tiny_config
+  config.train.steps = 4
+  summary = loop.train_and_evaluate(config, str(tmp_path / "custom"),
+                                    model=helpers.TinyCNN(num_classes=10))
+  params = ocp.StandardCheckpointer().restore(
+      str(tmp_path / "custom" / "checkpoints" / "4" / "state"))["params"]
+  assert set(params) == {"Conv_0", "BatchNorm_0", "Conv_1", "Dense_0"}  # TinyCNN's
+
+  workdir = str(tmp_path / "run")
+  summary = loop.train_and_evaluate(config, workdir)
+  model, variables, loaded_config = train.load(workdir)
+  assert isinstance(model, ra_nn.RegionAttentionClassifier)
+  assert loaded_config.to_dict() == json.loads(config.to_json())
+  correct = count = 0
+  for batch in data.padded_batches(config.dataset.name, "test", data_dir=config.dataset.data_dir,
+                                   global_batch_size=config.train.eval_batch_size):
+    logits = model.apply(variables, batch["image"], train=False)
+    valid = batch["example_mask"]
+    correct += int(np.sum(np.argmax(logits, -1)[valid] == batch["label"][valid]))
+    count += int(valid.sum())
+  test = [r for r in metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+          if r["split"] == "test"]
+  assert count == test[0]["num_examples"] > 0
+  assert correct / count == pytest.approx(summary["test_accuracy"], abs=1e-9)
 
 
 @pytest.mark.parametrize("mutate, error, match", [
@@ -130,9 +151,8 @@ def test_incompatible_checkpoint_is_refused_untouched(tmp_path, tiny_data_dir, t
     (lambda c: c.model.__setattr__("name", "ResNet9000"), ValueError, "'model.name'"),
     (lambda c: c.train.__setattr__("steps", 0), ValueError, "'train.steps'"),
 ])
-def test_bad_config_fails_before_writing(tmp_path, tiny_data_dir, tiny_models, mutate, error,
-                                         match):
-  config = tiny_config(tiny_data_dir)
+def test_bad_config_fails_before_writing(tmp_path, tiny_config, mutate, error, match):
+  config = tiny_config
   mutate(config)
   workdir = tmp_path / "run"
   with pytest.raises(error, match=match):
@@ -140,8 +160,9 @@ def test_bad_config_fails_before_writing(tmp_path, tiny_data_dir, tiny_models, m
   assert not workdir.exists()
 
 
-def test_unknown_dataset_fails_before_writing(tmp_path, tiny_models):
-  config = tiny_config(str(tmp_path / "tfds"))
+def test_unknown_dataset_fails_before_writing(tmp_path, tiny_config):
+  config = tiny_config
+  config.dataset.data_dir = str(tmp_path / "tfds")
   config.dataset.name = "cluttered_digitz"
   with pytest.raises(ValueError, match="cluttered_digitz"):
     loop.train_and_evaluate(config, str(tmp_path / "run"))
@@ -159,9 +180,8 @@ def test_default_config_and_variants_are_valid():
     config = importlib.import_module(f"experiments.configs.{name}").get_config()
     config_lib.validate_config(config, num_devices=1)
     spec = data.dataset_spec(config.dataset.name)
-    model = loop.build_model(config, spec.num_classes)
-    bag = (spec.max_bag_size,) if spec.max_bag_size else ()
-    images = jax.ShapeDtypeStruct((2, *bag, *spec.image_shape), jnp.float32)
+    model = ra_nn.build_model(config.model, spec.num_classes)
+    images = jax.ShapeDtypeStruct((2, *spec.example_shape), jnp.float32)
     logits = jax.eval_shape(lambda x: model.init_with_output(jax.random.PRNGKey(0), x)[0],
                             images)
     assert logits.shape == (2, spec.num_classes), name

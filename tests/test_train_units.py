@@ -10,13 +10,15 @@ import ml_collections
 import numpy as np
 import pytest
 
+from regionatt_jax import nn as ra_nn
 from regionatt_jax.train import config as config_lib
 from regionatt_jax.train import metrics as metrics_lib
 from regionatt_jax.train import optim as optim_lib
 from regionatt_jax.train import sharding as sharding_lib
 from regionatt_jax.train import state as state_lib
 from regionatt_jax.train import step as step_lib
-from tests.train_helpers import TinyCNN, synthetic_batches
+from regionatt_jax.train import timer as timer_lib
+from tests.helpers import TinyCNN, synthetic_batches
 
 
 class Linear(nn.Module):
@@ -82,10 +84,14 @@ def test_validate_config_batch_must_split_over_devices_and_hosts():
     config_lib.validate_config(config, num_devices=4, process_count=5)
 
 
-def test_check_model_kwargs_names_unknown_field():
-  config_lib.check_kwargs(TinyCNN, {"features": 4})
-  with pytest.raises(ValueError, match="'model.kwargs.featurs'.*TinyCNN"):
-    config_lib.check_kwargs(TinyCNN, {"featurs": 4})
+def test_build_model_names_unknown_model_and_field():
+  model = ra_nn.build_model({"name": "MILClassifier", "kwargs": {"pooling": "gated"}}, 3)
+  assert isinstance(model, ra_nn.MILClassifier) and model.pooling == "gated"
+  assert model.num_classes == 3
+  with pytest.raises(ValueError, match="'model.kwargs.featurs'.*MILClassifier"):
+    ra_nn.build_model({"name": "MILClassifier", "kwargs": {"featurs": 4}}, 3)
+  with pytest.raises(ValueError, match="'model.name'.*ResNet9000"):
+    ra_nn.build_model({"name": "ResNet9000"}, 3)
 
 
 # --- optimizer --------------------------------------------------------------------
@@ -158,7 +164,7 @@ def test_train_step_learns_and_keeps_float32_params(compute_dtype):
   config.train.compute_dtype = compute_dtype
   state = state_lib.create_train_state(config, TinyCNN(dtype=dtype), jax.random.PRNGKey(0),
                                        (1, 16, 16, 3))
-  train, _, _ = step_lib.jit_steps(state, lambda inter, hw: None)
+  train, _, _ = step_lib.jit_steps(state)
   (batch,) = synthetic_batches(1, 16, seed=1)
   losses = []
   for _ in range(30):
@@ -178,8 +184,7 @@ def test_eval_step_ignores_padding_and_matches_numpy():
   quadrants = [[0, 0, 8, 8], [0, 8, 8, 16], [8, 0, 16, 8], [8, 8, 16, 16], [4, 4, 12, 12]]
   boxes = np.array(quadrants + [[0, 0, 16, 16]] * 3, np.float32)
   mask = np.arange(8) < 5
-  maps_fn = lambda inter, hw: jax.image.resize(inter["attention_map"][0], (8, *hw), "nearest")
-  _, evaluate, predict = step_lib.jit_steps(state, maps_fn)
+  _, evaluate, predict = step_lib.jit_steps(state)
   sums = evaluate(state, dict(batch, box=boxes, example_mask=mask))
   logits, maps = predict(state, batch)
   logits, maps = np.asarray(logits)[:5], np.asarray(maps)[:5]
@@ -242,3 +247,24 @@ def test_metric_writer_jsonl_and_truncation(tmp_path):
   assert [(r["step"], r["loss"]) for r in records] == [(1, 1.0), (2, 0.5), (3, 0.25)]
   assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tensorboard").iterdir())
   json.dumps(records)
+
+
+def test_step_timer_leaves_out_the_compiling_step_and_the_pauses():
+  now = [0.0]
+  timer = timer_lib.StepTimer(clock=lambda: now[0])
+  outputs = jnp.zeros(())
+  now[0] = 5.0   # the first step compiles for 5 s; the clock starts when it ends
+  timer.step(outputs)
+  for _ in range(3):  # three steps of 0.5 s
+    now[0] += 0.5
+    timer.step(outputs)
+  with timer.paused(outputs):
+    now[0] += 10.0  # evaluation
+    assert timer.lap() == (3, 1.5)  # asked during the pause: the pause is not counted
+  now[0] += 0.25
+  timer.step(outputs)
+  assert timer.lap() == (1, 0.25)
+  assert timer.total() == (4, 1.75)
+  assert timer_lib.throughput(4, 1.75, batch_size=8) == pytest.approx(
+      {"step_time_s": 1.75 / 4, "images_per_sec": 32 / 1.75})
+  assert timer_lib.throughput(0, 0.0, batch_size=8) == {}

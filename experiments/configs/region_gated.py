@@ -8,5 +8,5 @@ from experiments.configs import default
 
 def get_config():
   config = default.get_config()
-  config.model.scorer = "gated"
+  config.model.kwargs.head_kwargs = {"scorer": "gated"}
   return config

@@ -22,6 +22,7 @@ import grain
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
 
 from regionatt_jax import _checks
 from regionatt_jax.data import specs
@@ -40,8 +41,8 @@ def normalize_images(images: np.ndarray) -> np.ndarray:
 def _select(example: dict[str, Any], spec: specs.DatasetSpec) -> dict[str, np.ndarray]:
   """Keeps the features a model trains on, as arrays of their final dtypes but images."""
   out = {"label": np.asarray(example["label"], np.int32)}
-  if spec.max_bag_size is not None:
-    out["bag"] = np.asarray(example["bag"])
+  if spec.max_bag_size is not None:  # A bag is the model's input, as an image is.
+    out["image"] = np.asarray(example["bag"])
     out["mask"] = np.asarray(example["mask"], bool)
     out["instance_labels"] = np.asarray(example["instance_labels"], np.int32)
     return out
@@ -103,8 +104,7 @@ def augment_example(example: dict[str, np.ndarray], rng: np.random.Generator, *,
 
 
 def _normalize_batch(batch: Batch) -> Batch:
-  key = "bag" if "bag" in batch else "image"
-  return dict(batch, **{key: normalize_images(batch[key])})
+  return dict(batch, image=normalize_images(batch["image"]))
 
 
 def _open_source(name: str, split: str, data_dir: str, config) -> Any:
@@ -212,8 +212,9 @@ def make_iterator(name: str, split: str, *, data_dir: str, global_batch_size: in
     An iterator of dicts of numpy arrays, `B = global_batch_size // process_count`:
     `'image'` float32 `(B, H, W, C)` in [-1, 1] (`uint8 / 127.5 - 1`), `'label'` int32
     `(B,)`, `'box'` float32 `(B, 4)` when the dataset has boxes; for bag datasets
-    `'bag'` float32 `(B, max_bag, h, w, C)` in [-1, 1], `'mask'` bool `(B, max_bag)`,
-    `'label'` int32 `(B,)`, `'instance_labels'` int32 `(B, max_bag)` (-1 = padding).
+    `'image'` holds the bags, float32 `(B, max_bag, h, w, C)` in [-1, 1], with `'mask'`
+    bool `(B, max_bag)`, `'label'` int32 `(B,)`, `'instance_labels'` int32
+    `(B, max_bag)` (-1 = padding).
     `it.get_state()` returns a small JSON-able dict; `it.set_state(state)` resumes there.
 
   Raises:
@@ -229,6 +230,57 @@ def make_iterator(name: str, split: str, *, data_dir: str, global_batch_size: in
       process_count=process_count, config=config)
   read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4)
   return iter(dataset.to_iter_dataset(read_options))
+
+
+def _pad(batch: Batch, size: int) -> Batch:
+  """Pads the leading axis to `size` and adds `'example_mask'` (False on padding)."""
+  count = len(batch["label"])
+  out = {key: np.concatenate([value, np.zeros((size - count,) + value.shape[1:], value.dtype)])
+         for key, value in batch.items()}
+  out["example_mask"] = np.arange(size) < count
+  return out
+
+
+def _on_any_process(flag: bool) -> bool:
+  """Whether `flag` holds on any process."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
+def padded_batches(name: str, split: str, *, data_dir: str, global_batch_size: int,
+                   seed: int = 0) -> Iterator[Batch]:
+  """One pass over this host's shard of `split`, every batch padded to full size.
+
+  For evaluation: no example is dropped or repeated, and every batch has the same
+  shape (one compilation). Hosts may hold different numbers of examples; a host that
+  has run out yields fully padded batches until every host has, so all hosts run the
+  same number of steps.
+
+  Args:
+    name, split, data_dir, global_batch_size, seed: as in `make_iterator`.
+
+  Yields:
+    `make_iterator`'s batches of `global_batch_size // process_count` examples, plus
+    `'example_mask'` bool `(B,)`, False on padding.
+
+  Raises:
+    ValueError: as `make_iterator`; also a split with fewer examples than processes.
+  """
+  local_size = global_batch_size // jax.process_count()
+  iterator = make_iterator(name, split, data_dir=data_dir,
+                           global_batch_size=global_batch_size, seed=seed, shuffle=False,
+                           num_epochs=1, drop_remainder=False)
+  template = None
+  while True:
+    batch = next(iterator, None)
+    if not _on_any_process(batch is not None):
+      return
+    if batch is not None:
+      template = template or {key: value[:0] for key, value in batch.items()}
+    elif template is None:  # This host's shard was empty from the start.
+      raise ValueError(f"split {split!r} of {name!r} has fewer examples than processes")
+    yield _pad(batch if batch is not None else template, local_size)
 
 
 class DevicePrefetchIterator:

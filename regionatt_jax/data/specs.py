@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Mapping
 
+import jax
 import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
 
 from regionatt_jax.data import cluttered_digits, digit_bags
 
@@ -45,6 +48,12 @@ class DatasetSpec:
   def builder_name(self) -> str:
     """The tfds builder name, without the config."""
     return self.name.split("/")[0]
+
+  @property
+  def example_shape(self) -> tuple[int, ...]:
+    """`(H, W, C)` of an image, `(max_bag_size, h, w, C)` of a bag: a model's input."""
+    bag = (self.max_bag_size,) if self.max_bag_size is not None else ()
+    return bag + tuple(self.image_shape)
 
 
 _REAL = {
@@ -159,11 +168,20 @@ def how_to_prepare(name: str, data_dir: str,
           f"--data_dir={data_dir} --file_format={FILE_FORMAT}`")
 
 
+def resolve_data_dir(data_dir: str) -> str:
+  """`''` -> `$TFDS_DATA_DIR` or `~/tensorflow_datasets` (tfds's own default)."""
+  if data_dir:
+    return os.path.expanduser(data_dir)
+  return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+
+
 def prepare(name: str, data_dir: str, *, config: tfds.core.BuilderConfig | None = None
             ) -> None:
   """Builds an offline dataset into `data_dir`; a no-op when it is already there.
 
-  Building needs neither TensorFlow nor a network.
+  Building needs neither TensorFlow nor a network. With several processes the main
+  one builds first and the others wait for it (on a shared filesystem they then find
+  it built; elsewhere each builds its own identical copy).
 
   Args:
     name: a known dataset name (see `dataset_spec`).
@@ -174,6 +192,14 @@ def prepare(name: str, data_dir: str, *, config: tfds.core.BuilderConfig | None 
     ValueError: for a real dataset that is not prepared in `data_dir` (they need a
       download; the message says how).
   """
+  if jax.process_count() > 1 and jax.process_index() != 0:
+    multihost_utils.sync_global_devices(f"regionatt_jax: {name} prepared")
+  _prepare_here(name, data_dir, config)
+  if jax.process_count() > 1 and jax.process_index() == 0:
+    multihost_utils.sync_global_devices(f"regionatt_jax: {name} prepared")
+
+
+def _prepare_here(name: str, data_dir: str, config: tfds.core.BuilderConfig | None) -> None:
   spec = dataset_spec(name, config)
   dataset_builder = builder(name, data_dir, config)
   if dataset_builder.is_prepared():

@@ -2,7 +2,8 @@
 
 Scorers (`(..., N, h, w, C) -> (..., N)`), `RegionAttention`, `MultiScaleRegionAttention`,
 `AttentionPooling`, channel/spatial attention (SE, ECA, spatial, CBAM, coordinate), the
-`make_attention` factory, classifiers, and `attention_maps` to read sown attention.
+`make_attention` factory, classifiers and `build_model` (config -> classifier), and
+`attention_maps` to read sown attention.
 See docs/modules.md for usage.
 """
 
@@ -17,13 +18,16 @@ from regionatt_jax.nn.factory import make_attention
 from regionatt_jax.nn.factory import SCORERS
 from regionatt_jax.nn.maps import ATTENTION_MAP
 from regionatt_jax.nn.maps import attention_maps
+from regionatt_jax.nn.maps import has_attention_map
 from regionatt_jax.nn.maps import INSTANCE_WEIGHTS
 from regionatt_jax.nn.maps import instance_weights
 from regionatt_jax.nn.maps import REGION_WEIGHTS
 from regionatt_jax.nn.maps import topmost
 from regionatt_jax.nn.models import AttentionNet
 from regionatt_jax.nn.models import BACKBONES
+from regionatt_jax.nn.models import build_model
 from regionatt_jax.nn.models import MILClassifier
+from regionatt_jax.nn.models import MODELS
 from regionatt_jax.nn.models import RegionAttentionClassifier
 from regionatt_jax.nn.models import ResNet
 from regionatt_jax.nn.models import ResNet18
@@ -43,10 +47,10 @@ from regionatt_jax.nn.scorers import SelfAttentionScorer
 __all__ = [
     "ATTENTIONS", "ATTENTION_MAP", "AttentionNet", "AttentionPooling", "AttentionScore",
     "BACKBONES", "CBAM", "ConvScorer", "CoordinateAttention", "EfficientChannelAttention",
-    "GatedScorer", "INSTANCE_WEIGHTS", "MILClassifier", "MLPScorer",
+    "GatedScorer", "INSTANCE_WEIGHTS", "MILClassifier", "MLPScorer", "MODELS",
     "MultiScaleRegionAttention", "REGION_WEIGHTS", "RecurrentScorer", "RegionAttention",
     "RegionAttentionClassifier", "ResNet", "ResNet18", "ResNet34", "SCORERS",
     "SelfAttentionScorer",
-    "SmallCNN", "SpatialAttention", "SqueezeExcite", "attention_maps", "eca_kernel_size",
+    "SmallCNN", "SpatialAttention", "SqueezeExcite", "attention_maps", "build_model", "eca_kernel_size", "has_attention_map",
     "instance_weights", "make_attention", "pool_regions", "topmost",
 ]

@@ -3,13 +3,16 @@
     make_attention("cbam", reduction=8)          # -> CBAM(reduction=8)
     make_attention("region", grid=(4, 4))        # -> RegionAttention(grid=(4, 4))
     make_attention("region", grid=(4, 4), scorer="conv")  # scorer=ConvScorer()
+    make_attention("region", grid=(4, 4), scorer="gated", scorer_kwargs={"hidden": 32})
     make_attention(None)                         # -> None (no attention)
 
 Every module returned is called as `module(x, train)` on a `(..., H, W, C)` feature map.
 """
 
-import dataclasses
 from collections.abc import Mapping
+
+import dataclasses
+import functools
 
 import flax.linen as nn
 
@@ -39,24 +42,47 @@ SCORERS: Mapping[str, type[nn.Module]] = {
 }
 
 
+def _fields(cls: type) -> set[str]:
+  """The attributes a module class takes as keywords (`name` included, `parent` not)."""
+  return {f.name for f in dataclasses.fields(cls) if f.init} - {"parent"}
+
+
+def check_fields(cls: type, kwargs: Mapping, key: str) -> None:
+  """Raises `ValueError` naming `<key>.<field>` for each keyword `cls` does not take."""
+  fields = _fields(cls) - {"name"}
+  unknown = sorted(set(kwargs) - fields)
+  if unknown:
+    raise ValueError(f"Unknown key '{key}.{unknown[0]}' for {cls.__name__}; it takes "
+                     f"{sorted(fields)}.")
+
+
 def _scorer_by_name(kind: str, kwargs: dict) -> dict:
-  """Replaces a scorer name in `kwargs` by what `kind` takes: `RegionAttention` an
-  instance (built with the module's dtypes), `MultiScaleRegionAttention` a class.
+  """Replaces a scorer name in `kwargs` (with its `scorer_kwargs`) by what `kind` takes:
+  `RegionAttention` an instance (built with the module's dtypes),
+  `MultiScaleRegionAttention` a class (one instance per grid).
 
   The instance is made with `parent=None`: built inside a parent's compact method it
   would otherwise belong to that parent, and its parameters would sit beside the
   attention module instead of under it as "scorer".
   """
+  kwargs = dict(kwargs)
+  scorer_kwargs = dict(kwargs.pop("scorer_kwargs", None) or {})
   name = kwargs.get("scorer")
   if kind not in ("region", "multiscale") or not isinstance(name, str):
+    if scorer_kwargs:
+      raise ValueError(f"make_attention: scorer_kwargs need a scorer given by name for "
+                       f"'region' or 'multiscale', got kind {kind!r}, scorer {name!r}")
     return kwargs
   if name not in SCORERS:
     raise ValueError(f"make_attention: unknown scorer {name!r} for {kind!r}; need one of "
                      f"{sorted(SCORERS)}, a scorer class (multiscale) or instance (region)")
   scorer = SCORERS[name]
+  check_fields(scorer, scorer_kwargs, "scorer_kwargs")
   if kind == "region":
     dtypes = {k: kwargs[k] for k in ("dtype", "param_dtype") if k in kwargs}
-    scorer = scorer(parent=None, **dtypes)
+    scorer = scorer(parent=None, **dtypes, **scorer_kwargs)
+  elif scorer_kwargs:
+    scorer = functools.partial(scorer, **scorer_kwargs)
   return {**kwargs, "scorer": scorer}
 
 
@@ -80,14 +106,16 @@ def make_attention(kind: str | None, /, **kwargs) -> nn.Module | None:
       "multiscale"), or None / "none" for no attention.
     **kwargs: attributes of that module (e.g. `reduction=16`, `grid=(4, 4)`, `name=...`);
       ignored for None, so callers can pass shared options such as `dtype` uniformly.
-      For "region" and "multiscale", `scorer` may be a key of `SCORERS`.
+      For "region" and "multiscale", `scorer` may be a key of `SCORERS`, with its
+      options in `scorer_kwargs` (e.g. `{"hidden": 32}`).
 
   Returns:
     The unbound module, or None.
 
   Raises:
-    ValueError: unknown `kind` or scorer name.
-    TypeError: a keyword the module does not have.
+    ValueError: unknown `kind` or scorer name, or a bad option value.
+    TypeError: a `kind` that is not a str, a keyword the module does not have, or an
+      option of the wrong type.
   """
   if kind is None:
     return None
@@ -96,8 +124,8 @@ def make_attention(kind: str | None, /, **kwargs) -> nn.Module | None:
     return None
   module = ATTENTIONS[kind]
   kwargs = _scorer_by_name(kind, kwargs)
-  options = {field.name for field in dataclasses.fields(module)}
+  options = _fields(module)
   if unknown := sorted(set(kwargs) - options):
     raise TypeError(f"make_attention: bad options {unknown} for {kind!r} "
-                    f"({module.__name__}); it takes {sorted(options - {'parent'})}")
+                    f"({module.__name__}); it takes {sorted(options)}")
   return module(**kwargs)

@@ -72,6 +72,12 @@ def topmost(variables_or_intermediates, name: str) -> list[jax.Array]:
   return [value for depth, value in found if depth == top]
 
 
+def has_attention_map(variables_or_intermediates) -> bool:
+  """Whether anything sowed an `attention_map` (False for a plain or channel-attention CNN)."""
+  tree = variables_or_intermediates
+  return any(True for _ in _found(tree.get("intermediates", tree), ATTENTION_MAP))
+
+
 def attention_maps(variables_or_intermediates, image_shape, *,
                    method: str = "nearest") -> jax.Array:
   """The model's spatial attention map at image resolution, for visualisation and the

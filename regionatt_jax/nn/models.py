@@ -1,6 +1,7 @@
 """Classifiers: `AttentionNet` (the seed network), `RegionAttentionClassifier` (a small CNN
 or ResNet-18/34 backbone, attention per stage, region-attention head) and
-`MILClassifier` (instance CNN + attention pooling).
+`MILClassifier` (instance CNN + attention pooling), and `build_model`, which turns a
+config's `model` section into one of them.
 
 All take channels-last input and return logits `(..., num_classes)`; call them as
 `model.apply(variables, x, train=...)` (with `mutable=["batch_stats"]` when training a
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 
 from regionatt_jax import _checks
 from regionatt_jax.nn.conv import Conv
-from regionatt_jax.nn.factory import check_kind, make_attention
+from regionatt_jax.nn.factory import check_fields, check_kind, make_attention
 from regionatt_jax.nn.maps import ATTENTION_MAP
 from regionatt_jax.nn.pooling import AttentionPooling
 from regionatt_jax.nn.pooling import KINDS as POOLINGS
@@ -68,19 +69,12 @@ def _stage_attention(kind, kwargs, index: int, dtype, param_dtype):
 
 
 class AttentionNet(nn.Module):
-  """The seed network of the design document, fixed so that it runs.
+  """The seed network of region attention, fixed so that it runs and classifies.
 
   conv 3x3 C->64, ReLU, conv 3x3 64->128, ReLU; attention map `m = sigmoid(conv1x1
   128->1)`; features * m; conv 1x1 128->num_classes; global average pool -> logits.
-  The map `(B, H, W)` is sown as `attention_map`.
-
-  How this departs from the printed PyTorch version, and why: there the attention branch
-  is `Conv2d(1, 1, 1)` applied to the 128-channel features (a channel mismatch), its
-  output is concatenated to them (129 channels) and fed to `Conv2d(128, 1, 1)` (a second
-  mismatch), and the network ends in a one-channel map rather than class logits, so it
-  cannot run or classify. Here the attention conv reads the 128 channels, the map
-  multiplies the features instead of being concatenated, and a 1x1 conv to the classes
-  plus global average pooling gives logits.
+  The map `(B, H, W)` is sown as `attention_map`. `docs/attention_net.md` sets it beside
+  the network as first printed and says what was changed and why.
 
   Attributes:
     num_classes: number of classes.
@@ -341,10 +335,9 @@ class MILClassifier(nn.Module):
   Attributes:
     num_classes: number of bag classes (1 for a single binary logit).
     features: widths of the instance CNN (`SmallCNN` without BatchNorm, so padded
-      instances cannot leak into batch statistics). Three stages give a 16x16 instance
-      a receptive field of 15 px, the whole digit; with two (7 px) the global mean
-      sees only strokes: on `digit_bags/16px` (400 steps, batch 16) bag accuracy was
-      96.3 % with three stages and 59.9 % with two.
+      instances cannot leak into batch statistics). The default three stages give a
+      16x16 instance a receptive field of 15 px, the whole digit (see
+      `docs/modules.md`).
     embed_dim: instance embedding width.
     pooling: `"attention"`, `"gated"`, `"mean"` or `"max"`.
     hidden: width of the attention score.
@@ -390,3 +383,49 @@ class MILClassifier(nn.Module):
     h = nn.relu(nn.Dense(self.embed_dim, name="embed", **kw)(_global_mean(h)))
     bag = AttentionPooling(self.pooling, self.hidden, name="pooling", **kw)(h, mask)
     return nn.Dense(self.num_classes, name="classifier", **kw)(bag).astype(jnp.float32)
+
+
+#: `config.model.name` -> model class.
+MODELS: Mapping[str, type[nn.Module]] = {
+    "AttentionNet": AttentionNet,
+    "RegionAttentionClassifier": RegionAttentionClassifier,
+    "MILClassifier": MILClassifier,
+}
+
+
+def _tuples(value):
+  """Lists -> tuples, recursively (a config read back from JSON has lists)."""
+  if isinstance(value, (list, tuple)):
+    return tuple(_tuples(v) for v in value)
+  if isinstance(value, Mapping):
+    return {k: _tuples(v) for k, v in value.items()}
+  return value
+
+
+def build_model(model_config: Mapping[str, Any], num_classes: int,
+                dtype: Dtype | None = None) -> nn.Module:
+  """The model a config's `model` section names: the one place configs become modules.
+
+  Args:
+    model_config: `{"name": a key of MODELS, "kwargs": {constructor arguments}}`, e.g.
+      `config.model` (region scorers are named in `kwargs.head_kwargs.scorer`, see
+      `make_attention`).
+    num_classes: the dataset's classes; `kwargs` may override it.
+    dtype: compute dtype (e.g. `jnp.bfloat16`); None keeps the model's default.
+
+  Returns:
+    The unbound module.
+
+  Raises:
+    ValueError: an unknown model name or constructor argument, naming the config key.
+  """
+  name = model_config["name"]
+  if name not in MODELS:
+    raise ValueError(f"Config key 'model.name' must be one of {sorted(MODELS)}, got {name!r}.")
+  kwargs = model_config.get("kwargs") or {}
+  kwargs = _tuples(kwargs.to_dict() if hasattr(kwargs, "to_dict") else dict(kwargs))
+  check_fields(MODELS[name], kwargs, "model.kwargs")
+  kwargs.setdefault("num_classes", num_classes)
+  if dtype is not None:
+    kwargs["dtype"] = dtype
+  return MODELS[name](**kwargs)

@@ -164,7 +164,7 @@ def _damage(manager: ocp.CheckpointManager, step: int, abstract_items: Any) -> s
 
 
 def restore_newest_readable(manager: ocp.CheckpointManager, abstract_items: Any,
-                            damaged_directory: str
+                            damaged_directory: str | None
                             ) -> tuple[int, Any, dict[str, Any]] | None:
   """Restores the newest checkpoint that reads back whole, skipping damaged ones.
 
@@ -176,7 +176,8 @@ def restore_newest_readable(manager: ocp.CheckpointManager, abstract_items: Any,
   Args:
     manager: the run's checkpoint manager.
     abstract_items: `TrainState.checkpoint_items()` of the abstract state.
-    damaged_directory: where damaged checkpoints are moved.
+    damaged_directory: where damaged checkpoints are moved; None leaves them in place
+      (reading a workdir without changing it).
 
   Returns:
     `(step, state items, data iterator state)`, or None when there is no checkpoint.
@@ -209,9 +210,10 @@ def restore_newest_readable(manager: ocp.CheckpointManager, abstract_items: Any,
   return None
 
 
-def _move_aside(manager: ocp.CheckpointManager, steps: list[int], directory: str) -> None:
+def _move_aside(manager: ocp.CheckpointManager, steps: list[int], directory: str | None
+                ) -> None:
   """Moves checkpoint `steps` into `directory`; the manager forgets them."""
-  if not steps:
+  if not steps or directory is None:
     return
   if jax.process_index() == 0:
     os.makedirs(directory, exist_ok=True)

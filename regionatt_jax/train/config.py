@@ -8,7 +8,6 @@ Every key a run can set lives in `base_config()`; experiment files in
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Mapping
 
@@ -34,13 +33,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "RegionAttentionClassifier"
-  # Constructor arguments of the model; `num_classes` and `dtype` are filled in from
-  # the dataset and `train.compute_dtype` when the model has those fields.
+  # Constructor arguments of the model (see `regionatt_jax.nn.build_model`); its
+  # `num_classes` and `dtype` come from the dataset and `train.compute_dtype`. A region
+  # head's scorer is named in `kwargs.head_kwargs.scorer` (e.g. "gated").
   config.model.kwargs = ml_collections.ConfigDict()
-  # Scorer f of a region-attention head by name ('' keeps the model's default, an MLP),
-  # see `regionatt_jax.train.loop.scorer_constructors`, and its constructor arguments.
-  config.model.scorer = ""
-  config.model.scorer_kwargs = ml_collections.ConfigDict()
 
   config.train = ml_collections.ConfigDict()
   config.train.steps = 1000
@@ -90,8 +86,8 @@ _NON_NEGATIVE = (
     "train.keep_best", "train.num_figures", "optim.warmup_steps",
     "optim.weight_decay", "optim.clip_norm", "optim.end_learning_rate_ratio",
 )
-# Constructor arguments, checked against the constructor by `check_kwargs`.
-_FREE_FORM = ("model.kwargs", "model.scorer_kwargs")
+# Constructor arguments, checked against the constructor by `regionatt_jax.nn.build_model`.
+_FREE_FORM = ("model.kwargs",)
 _CHOICES = {
     "train.compute_dtype": COMPUTE_DTYPES,
     "optim.name": OPTIMIZERS,
@@ -184,14 +180,3 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
         raise ValueError(
             f"Config key {name!r} ({batch}) must be divisible by the number of {what} "
             f"({parts}); use a multiple of {parts}.")
-
-
-def check_kwargs(module_cls: type, kwargs: Mapping[str, Any], key: str = "model.kwargs") -> None:
-  """Raises `ValueError` naming `<key>.<field>` for a field `module_cls` lacks."""
-  fields = {f.name for f in dataclasses.fields(module_cls) if f.init}
-  fields -= {"parent", "name"}
-  for field in kwargs:
-    if field not in fields:
-      raise ValueError(
-          f"Unknown config key '{key}.{field}' for {module_cls.__name__}; "
-          f"it takes {sorted(fields)}.")

@@ -6,19 +6,16 @@ train state donated, so a step updates parameters in place on every device.
 
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from regionatt_jax.nn import maps as maps_lib
 from regionatt_jax.train.metrics import pointing_game_hits
 from regionatt_jax.train.state import TrainState
 
-# intermediates collection of a model -> `(B, H, W)` attention maps, or None if the
-# model sows none.
-MapsFn = Callable[[Mapping[str, Any], tuple[int, int]], "jax.Array | None"]
 Batch = Mapping[str, jax.Array]
 
 
@@ -82,31 +79,35 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, j
   return new_state, metrics
 
 
-def predict(state: TrainState, batch: Batch, *, maps_fn: MapsFn
-            ) -> tuple[jax.Array, "jax.Array | None"]:
-  """Inference-mode logits `(B, K)` float32 and attention maps `(B, H, W)` (or None)."""
+def predict(state: TrainState, batch: Batch) -> tuple[jax.Array, "jax.Array | None"]:
+  """Inference-mode logits `(B, K)` float32 and attention maps `(B, H, W)` float32.
+
+  The maps are the model's top-most sown `attention_map` at image resolution
+  (`regionatt_jax.nn.attention_maps`); None for a model that sows none.
+  """
   images = batch["image"]
   logits, collections = state.apply_fn(
       _variables(state, state.params), images, train=False, mutable=["intermediates"],
       **_model_kwargs(batch))
-  maps = maps_fn(collections.get("intermediates", {}), images.shape[-3:-1])
+  intermediates = collections.get("intermediates", {})
+  maps = (maps_lib.attention_maps(intermediates, images.shape[-3:-1])
+          if maps_lib.has_attention_map(intermediates) else None)
   return logits.astype(jnp.float32), maps
 
 
-def eval_step(state: TrainState, batch: Batch, *, maps_fn: MapsFn) -> dict[str, jax.Array]:
+def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
   """Sums of evaluation metrics over the valid examples of a padded batch.
 
   Args:
     state: the state to evaluate.
     batch: `'image'`, `'label'`, `'example_mask'` `(B,)` bool (False on padding)
       and, on datasets with boxes, `'box'` `(B, 4)`.
-    maps_fn: extracts attention maps from the model's sown intermediates.
 
   Returns:
     `count`, `correct`, `loss_sum` and, when the model has maps and the batch has
     boxes, `pointing_hits`: float32 scalars to be summed over batches.
   """
-  logits, maps = predict(state, batch, maps_fn=maps_fn)
+  logits, maps = predict(state, batch)
   valid = batch["example_mask"].astype(jnp.float32)
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
   sums = dict(
@@ -118,13 +119,11 @@ def eval_step(state: TrainState, batch: Batch, *, maps_fn: MapsFn) -> dict[str, 
   return sums
 
 
-def jit_steps(state: TrainState, maps_fn: MapsFn):
+def jit_steps(state: TrainState):
   """Jitted `(train_step, eval_step, predict)` keeping `state`'s shardings.
 
   The train step donates its input state; metrics come back replicated.
   """
   state_shardings = jax.tree.map(lambda leaf: leaf.sharding, state)
   train = jax.jit(train_step, donate_argnums=0, out_shardings=(state_shardings, None))
-  evaluate = jax.jit(functools.partial(eval_step, maps_fn=maps_fn))
-  infer = jax.jit(functools.partial(predict, maps_fn=maps_fn))
-  return train, evaluate, infer
+  return train, jax.jit(eval_step), jax.jit(predict)

@@ -1,19 +1,19 @@
-r"""A tiny training config for the reliability tests and the soak run.
+r"""A run of seconds: the tests' and the soak run's config, and a quick check of an install.
 
-  python -m experiments.train --config tests/reliability_config.py --workdir /tmp/rel
+  python -m experiments.train --config experiments/configs/tiny.py --workdir /tmp/tiny
 
-`RegionAttentionClassifier` with a two-stage 4/8-channel CNN on `cluttered_digits/tiny`
-(32x32): a step takes milliseconds, so a test can run, kill and resume it many times.
-Checkpoints every 2 steps, metrics every step.
+`RegionAttentionClassifier` with a two-stage 4/8-channel CNN and a 2x2 region head on
+`cluttered_digits/tiny` (32x32 canvases): a step takes milliseconds, so a test can run,
+kill and resume it many times. Metrics every step, evaluation every 6, checkpoints
+every 2.
 """
 
-from regionatt_jax.train import config as config_lib
+from regionatt_jax.train.config import base_config
 
 
 def get_config():
-  config = config_lib.base_config()
+  config = base_config()
   config.dataset.name = "cluttered_digits/tiny"
-  config.model.name = "RegionAttentionClassifier"
   config.model.kwargs.backbone_kwargs = {"features": (4, 8)}
   config.model.kwargs.head_kwargs = {"grid": (2, 2)}
   config.train.steps = 12
@@ -22,7 +22,6 @@ def get_config():
   config.train.log_every = 1
   config.train.eval_every = 6
   config.train.checkpoint_every = 2
-  config.train.keep_checkpoints = 2
   config.train.keep_best = 0
   config.train.progress_bar = False
   config.train.num_figures = 0

@@ -1,19 +1,26 @@
-"""Shared pieces of the training tests: a tiny model, tiny configs, synthetic batches,
-and `snapshot` of a directory's bytes.
+"""Shared pieces of the tests (their fixtures are in `conftest.py`): tiny dataset
+configs, a tiny model, synthetic batches, `snapshot` of a directory's bytes and
+`wrap_train_batches`.
 
 `TinyCNN` stands in for the library's models where a test is about the training
 machinery, not the model: it is small enough to compile and train in well under a
 second, and it has BatchNorm (batch stats in the state) and a sown attention map.
 """
 
+import dataclasses
 import os
 
 import flax.linen as nn
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from regionatt_jax.train import config as config_lib
+from regionatt_jax import data
+from regionatt_jax.data import cluttered_digits, digit_bags
+
+TINY_DIGITS = next(c for c in cluttered_digits.CONFIGS if c.name == "tiny")
+# Same seed and sizes as `tiny` without clutter: same digits and boxes, clean canvas.
+TINY_DIGITS_CLEAN = dataclasses.replace(TINY_DIGITS, name="tiny_clean", num_fragments=(0, 0))
+TINY_BAGS = next(c for c in digit_bags.CONFIGS if c.name == "tiny")
 
 
 class TinyCNN(nn.Module):
@@ -30,25 +37,6 @@ class TinyCNN(nn.Module):
     self.sow("intermediates", "attention_map", attention[..., 0])
     x = (x * attention).mean(axis=(1, 2))
     return nn.Dense(self.num_classes, dtype=self.dtype)(x)
-
-
-def tiny_config(data_dir: str, steps: int = 6) -> ml_collections.ConfigDict:
-  """A config of a few steps on `cluttered_digits/tiny` (32x32) with `TinyCNN`."""
-  config = config_lib.base_config()
-  config.dataset.name = "cluttered_digits/tiny"
-  config.dataset.data_dir = data_dir
-  config.model.name = "TinyCNN"
-  config.train.steps = steps
-  config.train.global_batch_size = 16
-  config.train.eval_batch_size = 64
-  config.train.log_every = 2
-  config.train.eval_every = steps
-  config.train.checkpoint_every = 2
-  config.train.progress_bar = False
-  config.train.num_figures = 2
-  config.optim.learning_rate = 3e-3
-  config.optim.warmup_steps = 1
-  return config
 
 
 def synthetic_batches(num_batches: int, batch_size: int, seed: int = 0,
@@ -69,3 +57,37 @@ def snapshot(directory: str) -> dict[str, bytes]:
       with open(path, "rb") as f:
         files[os.path.relpath(path, directory)] = f.read()
   return files
+
+
+def wrap_train_batches(monkeypatch, on_batch):
+  """Routes every training batch through `on_batch(count, batch)` (count from 1).
+
+  Patches `data.make_iterator` so that the train split's iterator keeps its
+  `get_state`/`set_state` (checkpoints still save its position); other splits are
+  untouched. `on_batch` returns the batch to use, or raises to kill the run there.
+  """
+  make_iterator = data.make_iterator
+
+  class Wrapped:
+    def __init__(self, iterator):
+      self.iterator, self.count = iterator, 0
+
+    def __iter__(self):
+      return self
+
+    def __next__(self):
+      batch = next(self.iterator)
+      self.count += 1
+      return on_batch(self.count, batch)
+
+    def get_state(self):
+      return self.iterator.get_state()
+
+    def set_state(self, state):
+      self.iterator.set_state(state)
+
+  def wrapped(name, split, **kwargs):
+    iterator = make_iterator(name, split, **kwargs)
+    return Wrapped(iterator) if split == "train" else iterator
+
+  monkeypatch.setattr(data, "make_iterator", wrapped)

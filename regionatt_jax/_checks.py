@@ -111,11 +111,12 @@ def integer(value, name: str, *, minimum: int = 1, odd: bool = False) -> int:
   return int(value)
 
 
-def path(value, name: str):
-  """Returns `value` after checking it is a path (a str or an `os.PathLike`)."""
-  if not isinstance(value, (str, os.PathLike)) or not str(value):
-    raise TypeError(f"{name} must be a non-empty path (str or os.PathLike), got "
-                    f"{type(value).__name__} {_describe(value)}")
+def path(value, name: str, *, empty: bool = False):
+  """Returns `value` after checking it is a path (a str or an `os.PathLike`), non-empty
+  unless `empty`."""
+  if not isinstance(value, (str, os.PathLike)) or not (empty or str(value)):
+    raise TypeError(f"{name} must be a {'' if empty else 'non-empty '}path (str or "
+                    f"os.PathLike), got {type(value).__name__} {_describe(value)}")
   return value
 
 

@@ -440,10 +440,6 @@ NN.update({
 })
 
 
-def _make_dataset(**kwargs):
-  return data.make_dataset(**kwargs)
-
-
 DATA = {
     "dataset_spec": Entry(
         data.dataset_spec,
@@ -464,9 +460,19 @@ DATA = {
             np.random.default_rng(0), pad=pad, hflip=hflip, vflip=vflip),
         dict(pad=Arg(1, non_negative_int, [0, 2]), hflip=Arg(True, boolean),
              vflip=Arg(False, boolean))),
+    "resolve_data_dir": Entry(
+        data.resolve_data_dir,
+        dict(data_dir=Arg("/tmp/tfds", lambda v: isinstance(v, (str, os.PathLike)),
+                          ["", "~/tfds"]))),
     # data_dir holds nothing: a call with every argument valid stops at "not prepared".
+    "padded_batches": Entry(
+        lambda **kwargs: next(data.padded_batches(**kwargs)),
+        dict(name=Arg("cluttered_digits/tiny", choice(*data.known_names()), ["digit_bags/tiny"]),
+             split=Arg("validation", choice("train", "validation", "test"), ["test"]),
+             data_dir=Arg("/nonexistent/tfds", path), global_batch_size=Arg(4, positive_int),
+             seed=Arg(0, non_negative_int, [5]))),
     "make_dataset": Entry(
-        _make_dataset,
+        data.make_dataset,
         dict(name=Arg("cluttered_digits/tiny", choice(*data.known_names()), ["digit_bags/tiny"]),
              split=Arg("train", choice("train", "validation", "test"), ["test"]),
              data_dir=Arg("/nonexistent/tfds", path), global_batch_size=Arg(4, positive_int),
@@ -611,7 +617,7 @@ def fuzz_property(entry_name: str, entry: Entry):
 GROUPS = {"pure": PURE, "nn": NN, "data": DATA, "config": CONFIG}
 #: Cases each group must run by default (REGIONATT_FUZZ_ARG_EXAMPLES=250): together
 #: over 10,000. Entry points with few possible cases exhaust them sooner.
-MIN_CASES = {"pure": 2500, "nn": 6750, "data": 1100, "config": 200}
+MIN_CASES = {"pure": 2500, "nn": 6750, "data": 1550, "config": 200}
 
 
 @pytest.mark.parametrize("group", list(GROUPS))

@@ -267,10 +267,10 @@ def padded_batches(name: str, split: str, *, data_dir: str, global_batch_size: i
   Raises:
     ValueError: as `make_iterator`; also a split with fewer examples than processes.
   """
-  local_size = global_batch_size // jax.process_count()
   iterator = make_iterator(name, split, data_dir=data_dir,
                            global_batch_size=global_batch_size, seed=seed, shuffle=False,
                            num_epochs=1, drop_remainder=False)
+  local_size = global_batch_size // jax.process_count()
   template = None
   while True:
     batch = next(iterator, None)

@@ -11,40 +11,30 @@ same thread count and under the same allocator setting (both settings by default
 Full run (writes benchmarks/results.json, benchmarks/time_vs_batch.png and the results
 section of BENCHMARKS.md; ~15 min on 2 cores):
 
-    .venv/bin/python experiments/benchmark.py
+    python -m experiments.benchmark
 
 CI smoke run (tiny sizes, a few iterations; writes into a temporary directory):
 
-    .venv/bin/python experiments/benchmark.py --quick
+    python -m experiments.benchmark --quick
 
-Only the convolution forms (the side-by-side comparison behind `regionatt_jax.nn.conv`):
-
-    .venv/bin/python experiments/benchmark.py --suite conv
+The convolution forms behind `regionatt_jax.nn.conv` are `experiments/benchmark_conv.py`;
+both time with `experiments/timing.py`.
 """
 
 import argparse
-import atexit
 import json
-import os
-import platform
-import resource
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-TUNED_ALLOCATOR = ("glibc.malloc.mmap_threshold=4294967296:"
-                   "glibc.malloc.trim_threshold=4294967296")
-ALLOCATORS = {"tuned": TUNED_ALLOCATOR, "default": None}
+from experiments import timing
+
+# JAX, torch and matplotlib are imported in the functions that use them: each worker
+# process measures the memory of one framework, so it must not load the other.
+
 FRAMEWORKS = ("jax", "jax_flax_conv", "torch_eager", "torch_compile")
 MODEL_CASES = ("attention_net", "region_classifier")
-RESULTS_BEGIN, RESULTS_END = "<!-- benchmark results: begin -->", "<!-- benchmark results: end -->"
 
 # Full and quick sizes: images (H = W), region-op feature map (H = W, C), classes.
 SIZES = {
@@ -55,61 +45,6 @@ SIZES = {
 }
 GRID = (4, 4)
 LEARNING_RATE = 1e-3
-
-
-def _median_ms(fn: Callable[[], object], warmup: int, iters: int) -> dict:
-  for _ in range(warmup):
-    fn()
-  faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-  times = []
-  for _ in range(iters):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
-  times_ms = np.array(times) * 1e3
-  return dict(median_ms=float(np.median(times_ms)), p25_ms=float(np.percentile(times_ms, 25)),
-              p75_ms=float(np.percentile(times_ms, 75)), runs=iters,
-              page_faults_per_run=faults / iters)
-
-
-# ----------------------------------------------------------------------------- JAX
-
-
-def _jax_timed_compile(fn, *args, donate=()):
-  """Compiles `fn` cold, then again as a fresh `jit` (what a second run of a script sees).
-
-  The worker enables JAX's persistent compilation cache in an empty directory
-  (`_enable_compilation_cache`), so the cold compile writes the executable there and
-  the second one loads it. Returns the executable and a dict with `compile_s` (cold,
-  trace + lower + XLA compile), its part `lower_s` and `compile_cached_s`, in seconds;
-  the executable's temporaries `temp_mb`; and the process's peak RSS so far.
-  """
-  import jax
-  times, lower_times = [], []
-  for _ in range(2):
-    jax.clear_caches()  # JAX also keeps compiled executables in memory; only disk may help
-    start = time.perf_counter()
-    lowered = jax.jit(fn, donate_argnums=donate).lower(*args)
-    lower_times.append(time.perf_counter() - start)
-    compiled = lowered.compile()
-    times.append(time.perf_counter() - start)
-  analysis = compiled.memory_analysis()
-  return compiled, dict(
-      compile_s=times[0], compile_cached_s=times[1],
-      lower_s=lower_times[0],  # tracing and lowering to StableHLO, part of compile_s
-      # Where JAX's peak RSS goes: the executable's temporaries, and the high-water mark
-      # reached once it is compiled (before it has run).
-      temp_mb=analysis.temp_size_in_bytes / 2**20 if analysis else None,
-      peak_rss_after_compile_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-
-
-def _enable_compilation_cache(directory: str) -> None:
-  """Turns on JAX's persistent compilation cache in `directory`, for every executable."""
-  import jax
-  jax.config.update("jax_compilation_cache_dir", directory)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
 def _jax_model(case: str, framework: str, size: dict):
@@ -150,13 +85,13 @@ def _jax_model_rows(case: str, framework: str, batch: int, size: dict) -> list[d
     return optax.apply_updates(params, updates), opt_state, new_state
 
   rows = []
-  compiled, compile_times = _jax_timed_compile(forward, params, state, images)
-  timing = _median_ms(lambda: compiled(params, state, images).block_until_ready(),
-                      size["warmup"], size["iters"])
-  rows.append(dict(kind="forward", **compile_times, **timing))
+  compiled, compile_times = timing.jax_timed_compile(forward, params, state, images)
+  measured = timing.median_ms(lambda: compiled(params, state, images).block_until_ready(),
+                              size["warmup"], size["iters"])
+  rows.append(dict(kind="forward", **compile_times, **measured))
 
   carry = [params, tx.init(params), state]
-  compiled, compile_times = _jax_timed_compile(train_step, *carry, images, labels,
+  compiled, compile_times = timing.jax_timed_compile(train_step, *carry, images, labels,
                                                donate=(0, 1, 2))
 
   def step():
@@ -164,7 +99,7 @@ def _jax_model_rows(case: str, framework: str, batch: int, size: dict) -> list[d
     jax.block_until_ready(carry)
 
   rows.append(dict(kind="train_step", **compile_times,
-                   **_median_ms(step, size["warmup"], size["iters"])))
+                   **timing.median_ms(step, size["warmup"], size["iters"])))
   return rows
 
 
@@ -193,84 +128,10 @@ def _jax_op_rows(batch: int, size: dict) -> list[dict]:
 
   rows = []
   for kind, fn in (("forward", forward), ("forward_backward", forward_backward)):
-    compiled, compile_times = _jax_timed_compile(fn, x, params)
-    timing = _median_ms(lambda: jax.block_until_ready(compiled(x, params)),
-                        size["warmup"], size["iters"])
-    rows.append(dict(kind=kind, **compile_times, **timing))
-  return rows
-
-
-def _jax_conv_form_rows(batch: int, size: dict) -> list[dict]:
-  """The forms tried for a 3x3 convolution's forward, input and weight gradients."""
-  import jax
-  import jax.numpy as jnp
-  from jax import lax
-  from regionatt_jax.nn.conv import conv2d
-  hw, cin, cout = size["image"], size["op_channels"], 2 * size["op_channels"]
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.standard_normal((batch, hw, hw, cin), np.float32))
-  kernel = jnp.asarray(rng.standard_normal((3, 3, cin, cout), np.float32) / np.sqrt(9 * cin))
-  dy = jnp.asarray(rng.standard_normal((batch, hw, hw, cout), np.float32))
-  nhwc = ("NHWC", "HWIO", "NHWC")
-
-  def native(x, k):
-    return lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=nhwc)
-
-  def taps(a):
-    padded = jnp.pad(a, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    return [padded[:, i:i + hw, j:j + hw, :] for i in range(3) for j in range(3)]
-
-  def patches(a):  # (B, H, W, 9 * C), tap-major like the kernel's (kh, kw, C) rows
-    p = lax.conv_general_dilated_patches(a, (3, 3), (1, 1), "SAME", dimension_numbers=nhwc)
-    return p.reshape(*p.shape[:3], a.shape[-1], 9).swapaxes(-1, -2).reshape(*p.shape)
-
-  def dx_per_tap(k, dy):  # dx[b, h, w] = sum_ij (dy @ k_ij^T)[b, h+1-i, w+1-j]
-    out = 0
-    for t, tap in enumerate(taps_of_outputs(dy, k)):
-      i, j = divmod(t, 3)
-      out = out + jnp.pad(tap, ((0, 0), (1, 1), (1, 1), (0, 0)))[:, 2 - i:2 - i + hw,
-                                                                   2 - j:2 - j + hw]
-    return out
-
-  def taps_of_outputs(dy, k):
-    return [(dy.reshape(-1, cout) @ k[i, j].T).reshape(batch, hw, hw, cin)
-            for i in range(3) for j in range(3)]
-
-  def full(conv, dtype):
-    def fwd_dx_dw(x, k, dy):
-      y, vjp = jax.vjp(conv, x.astype(dtype), k.astype(dtype))
-      return y, vjp(dy.astype(dtype))
-    return fwd_dx_dw
-
-  forms = {
-      "forward: lax.conv NHWC/HWIO": (native, (x, kernel)),
-      "forward: lax.conv NCHW/OIHW (+ transposes)": (
-          lambda x, k: lax.conv_general_dilated(x.transpose(0, 3, 1, 2), k.transpose(3, 2, 0, 1),
-                                                (1, 1), "SAME").transpose(0, 2, 3, 1), (x, kernel)),
-      "forward: 9 per-tap matmuls": (
-          lambda x, k: sum(t.reshape(-1, cin) @ k[i // 3, i % 3] for i, t in enumerate(taps(x))),
-          (x, kernel)),
-      "forward: patches + one matmul": (
-          lambda x, k: patches(x).reshape(-1, 9 * cin) @ k.reshape(9 * cin, cout), (x, kernel)),
-      "dx: native VJP": (lambda x, k, dy: jax.vjp(lambda a: native(a, k), x)[1](dy), (x, kernel, dy)),
-      "dx: 9 per-tap matmuls, shifted outputs": (dx_per_tap, (kernel, dy)),
-      "dw: native VJP": (lambda x, k, dy: jax.vjp(lambda w: native(x, w), k)[1](dy),
-                         (x, kernel, dy)),
-      "dw: 9 per-tap matmuls, unrolled": (
-          lambda x, dy: [t.reshape(-1, cin).T @ dy.reshape(-1, cout) for t in taps(x)], (x, dy)),
-      "dw: patches + one matmul": (
-          lambda x, dy: patches(x).reshape(-1, 9 * cin).T @ dy.reshape(-1, cout), (x, dy)),
-      "fwd+dx+dw: lax.conv f32": (full(native, jnp.float32), (x, kernel, dy)),
-      "fwd+dx+dw: Conv f32": (full(conv2d, jnp.float32), (x, kernel, dy)),
-      "fwd+dx+dw: lax.conv bf16": (full(native, jnp.bfloat16), (x, kernel, dy)),
-      "fwd+dx+dw: Conv bf16": (full(conv2d, jnp.bfloat16), (x, kernel, dy)),
-  }
-  rows = []
-  for kind, (fn, args) in forms.items():
-    compiled, compile_times = _jax_timed_compile(fn, *args)
-    rows.append(dict(kind=kind, **compile_times,
-                     **_median_ms(lambda: jax.block_until_ready(compiled(*args)),
-                                  size["warmup"], size["iters"])))
+    compiled, compile_times = timing.jax_timed_compile(fn, x, params)
+    measured = timing.median_ms(lambda: jax.block_until_ready(compiled(x, params)),
+                                size["warmup"], size["iters"])
+    rows.append(dict(kind=kind, **compile_times, **measured))
   return rows
 
 
@@ -305,7 +166,7 @@ def _torch_model_rows(case: str, framework: str, batch: int, size: dict) -> list
     fn()  # torch.compile compiles here
     first_s = time.perf_counter() - start
     rows.append(dict(kind=kind, compile_s=first_s if framework == "torch_compile" else None,
-                     **_median_ms(fn, size["warmup"], size["iters"])))
+                     **timing.median_ms(fn, size["warmup"], size["iters"])))
   return rows
 
 
@@ -338,43 +199,11 @@ def _torch_op_rows(framework: str, batch: int, size: dict) -> list[dict]:
       first_s = time.perf_counter() - start
       rows.append(dict(kind=kind, form=form,
                        compile_s=first_s if framework == "torch_compile" else None,
-                       **_median_ms(fn, size["warmup"], size["iters"])))
-  return rows
-
-
-def _torch_conv_rows(batch: int, size: dict) -> list[dict]:
-  import torch
-  hw, cin, cout = size["image"], size["op_channels"], 2 * size["op_channels"]
-  conv = torch.nn.Conv2d(cin, cout, 3, padding=1)
-  rows = []
-  for layout, memory_format in (("NCHW", torch.contiguous_format),
-                                ("channels_last", torch.channels_last)):
-    conv = conv.to(memory_format=memory_format)
-    x = torch.randn(batch, cin, hw, hw).to(memory_format=memory_format).requires_grad_()
-    dy = torch.randn(batch, cout, hw, hw).to(memory_format=memory_format)
-
-    def forward():
-      with torch.no_grad():
-        conv(x)
-
-    def fwd_dx_dw():
-      x.grad = None
-      conv.zero_grad(set_to_none=True)
-      conv(x).backward(dy)
-
-    for kind, fn in ((f"forward: {layout}", forward), (f"fwd+dx+dw: {layout}", fwd_dx_dw)):
-      rows.append(dict(kind=kind, compile_s=None,
-                       **_median_ms(fn, size["warmup"], size["iters"])))
+                       **timing.median_ms(fn, size["warmup"], size["iters"])))
   return rows
 
 
 # ---------------------------------------------------------------------------- worker
-
-
-def _set_threads(framework: str, threads: int) -> None:
-  if framework.startswith("torch"):
-    import torch
-    torch.set_num_threads(threads)
 
 
 def run_worker(spec: dict) -> dict:
@@ -384,104 +213,28 @@ def run_worker(spec: dict) -> dict:
     spec: `{"framework", "case", "size", "threads"}`.
 
   Returns:
-    `{"rows": [...], "peak_rss_mb", "rss_after_import_mb"}`; each row has framework,
-    case, batch, kind, median_ms, p25_ms, p75_ms, runs, compile_s, page_faults_per_run.
+    `timing.worker_result`; each row has framework, case, batch, kind, median_ms, p25_ms,
+    p75_ms, runs, compile_s, page_faults_per_run.
   """
   framework, case, size = spec["framework"], spec["case"], spec["size"]
-  if framework.startswith("jax"):
-    import jax  # noqa: F401  (import cost counted before the cases, as for torch)
-    import regionatt_jax.nn  # noqa: F401
-    cache = tempfile.mkdtemp(prefix="jax_cache_")
-    atexit.register(shutil.rmtree, cache, True)
-    _enable_compilation_cache(cache)
-  else:
-    import torch  # noqa: F401
-    import regionatt_jax.pytorch  # noqa: F401
-  _set_threads(framework, spec["threads"])
-  rss_after_import = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-  rows = []
-  for batch in size["batch_sizes"]:
+
+  def rows_of(batch: int) -> list[dict]:
     if case == "region_op":
-      found = (_jax_op_rows(batch, size) if framework == "jax"
-               else _torch_op_rows(framework, batch, size))
-    elif case == "conv":
-      found = (_jax_conv_form_rows(batch, size) if framework == "jax"
-               else _torch_conv_rows(batch, size))
-    elif framework.startswith("jax"):
-      found = _jax_model_rows(case, framework, batch, size)
-    else:
-      found = _torch_model_rows(case, framework, batch, size)
-    rows += [dict(framework=framework, case=case, batch=batch, **row) for row in found]
-  if framework.startswith("torch"):
-    import torch
-    threads = torch.get_num_threads()
-  else:
-    threads = os.cpu_count()  # XLA:CPU's intra-op pool: one thread per core
-  return dict(rows=rows, threads=threads, rss_after_import_mb=rss_after_import,
-              peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+      return (_jax_op_rows(batch, size) if framework == "jax"
+              else _torch_op_rows(framework, batch, size))
+    if framework.startswith("jax"):
+      return _jax_model_rows(case, framework, batch, size)
+    return _torch_model_rows(case, framework, batch, size)
+
+  return timing.worker_result(framework, spec["threads"], lambda: [
+      dict(framework=framework, case=case, batch=batch, **row)
+      for batch in size["batch_sizes"] for row in rows_of(batch)])
 
 
-# ---------------------------------------------------------------------------- parent
-
-
-def _plan(suite: str, frameworks: list[str], cases: list[str]) -> list[tuple[str, str]]:
-  """The (framework, case) pairs to run."""
-  if suite == "conv":
-    return [(f, "conv") for f in ("jax", "torch_eager") if f in frameworks]
+def plan(frameworks: list[str], cases: list[str]) -> list[tuple[str, str]]:
+  """The (framework, case) pairs to run: `flax.linen.Conv` only in `AttentionNet`."""
   return [(framework, case) for case in cases for framework in frameworks
           if framework != "jax_flax_conv" or case == "attention_net"]
-
-
-def _run_subprocess(spec: dict, allocator: str | None, threads: int, timeout_s: float) -> dict:
-  env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-  env.update(OMP_NUM_THREADS=str(threads), PYTHONPATH=f"{REPO}{os.pathsep}"
-             f"{env.get('PYTHONPATH', '')}")
-  if allocator:
-    env["GLIBC_TUNABLES"] = allocator
-  done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], env=env,
-                        capture_output=True, text=True, timeout=timeout_s, check=False)
-  if done.returncode:
-    raise RuntimeError(f"worker {spec['framework']}/{spec['case']} failed:\n{done.stderr[-3000:]}")
-  return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def _environment(threads: int, allocators: list[str]) -> dict:
-  import flax
-  import jax
-  import jaxlib
-  versions = dict(python=platform.python_version(), jax=jax.__version__,
-                  jaxlib=jaxlib.__version__, flax=flax.__version__)
-  try:
-    versions["torch"] = subprocess.run(
-        [sys.executable, "-c", "import torch; print(torch.__version__)"], capture_output=True,
-        text=True, check=True).stdout.strip()
-  except subprocess.CalledProcessError:
-    versions["torch"] = None
-  cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
-              .splitlines() if line.startswith("model name")), platform.processor())
-  return dict(versions=versions, cpu=cpu, cores=os.cpu_count(), threads=threads,
-              devices=[str(d) for d in jax.devices()], allocators=allocators,
-              tuned_allocator=TUNED_ALLOCATOR, platform=platform.platform())
-
-
-def run_all(suite: str, size: dict, frameworks: list[str], cases: list[str],
-            allocators: list[str], threads: int, timeout_s: float) -> dict:
-  """Runs every (allocator, framework, case) worker; returns the results document."""
-  load_before = os.getloadavg()
-  results = dict(environment=_environment(threads, allocators), size=size, suite=suite,
-                 command=" ".join([Path(sys.executable).name, *sys.argv]),
-                 started=time.strftime("%Y-%m-%d %H:%M:%S %Z"), rows=[], memory=[])
-  for allocator in allocators:
-    for framework, case in _plan(suite, frameworks, cases):
-      spec = dict(framework=framework, case=case, size=size, threads=threads)
-      print(f"[{allocator}] {framework} / {case} ...", file=sys.stderr, flush=True)
-      out = _run_subprocess(spec, ALLOCATORS[allocator], threads, timeout_s)
-      results["rows"] += [dict(allocator=allocator, **row) for row in out["rows"]]
-      results["memory"].append(dict(allocator=allocator, framework=framework, case=case,
-                                    threads=out["threads"], peak_rss_mb=out["peak_rss_mb"],
-                                    rss_after_import_mb=out["rss_after_import_mb"]))
-  results["load_average"] = dict(before=load_before, after=os.getloadavg())
-  return results
 
 
 # --------------------------------------------------------------------------- reports
@@ -498,7 +251,7 @@ def _fmt(value, digits=1):
 
 
 def _model_table(results: dict, allocator: str) -> list[str]:
-  rows = [r for r in results["rows"] if r["allocator"] == allocator and r["case"] != "conv"]
+  rows = [r for r in results["rows"] if r["allocator"] == allocator]
   lines = ["| case | kind | batch | JAX jit ms (compile s: cold / cached) | "
            "JAX + flax.linen.Conv ms | "
            "torch eager ms | torch.compile ms (first call s) | eager / JAX | compile / JAX |",
@@ -572,65 +325,14 @@ def _targets_table(results: dict, allocator: str) -> list[str]:
   return lines
 
 
-def _conv_table(results: dict, allocator: str) -> list[str]:
-  rows = [r for r in results["rows"] if r["allocator"] == allocator and r["case"] == "conv"]
-  lines = ["| framework | form | batch | median ms | p25-p75 ms |", "|---|---|---|---|---|"]
-  for r in rows:
-    lines.append(f"| {r['framework']} | {r['kind']} | {r['batch']} | {r['median_ms']:.1f} | "
-                 f"{r['p25_ms']:.1f}-{r['p75_ms']:.1f} |")
-  return lines
-
-
-def _memory_table(results: dict) -> list[str]:
-  lines = ["| allocator | case | framework | peak RSS MB | RSS after imports MB |",
-           "|---|---|---|---|---|"]
-  for m in results["memory"]:
-    lines.append(f"| {m['allocator']} | {m['case']} | {m['framework']} | "
-                 f"{m['peak_rss_mb']:.0f} | {m['rss_after_import_mb']:.0f} |")
-  return lines
-
-
 def markdown(results: dict) -> str:
   """The results section of BENCHMARKS.md."""
-  env = results["environment"]
-  load = results["load_average"]
-  lines = [
-      f"Run {results['started']}: `{results['command']}`",
-      "",
-      f"- machine: {env['cpu']}, {env['cores']} cores, {env['platform']}; devices "
-      f"{env['devices']}",
-      f"- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
-      f"- threads: {env['threads']} (torch.set_num_threads, OMP_NUM_THREADS; XLA:CPU one per "
-      f"core)",
-      f"- load average (1, 5, 15 min) before {tuple(round(v, 1) for v in load['before'])}, "
-      f"after {tuple(round(v, 1) for v in load['after'])}",
-      f"- sizes: {results['size']}",
-      f"- tuned allocator: `GLIBC_TUNABLES={env['tuned_allocator']}`",
-      "",
-      "Times are medians of steady-state runs; ratios > 1 mean JAX is faster. The torch",
-      "region op shows its faster form ([einsum] or [multiply_sum]).",
-  ]
-  for allocator in env["allocators"]:
-    lines += ["", f"### Allocator: {allocator}", ""]
-    if results["suite"] == "conv":
-      lines += _conv_table(results, allocator)
-    else:
-      lines += _model_table(results, allocator)
-      lines += ["", f"Targets, allocator {allocator}:", ""] + _targets_table(results, allocator)
-  lines += ["", "### Peak memory (each framework and case in its own process)", ""]
-  lines += _memory_table(results)
-  return "\n".join(lines) + "\n"
-
-
-def write_markdown(path: Path, section: str, marker: str = "") -> None:
-  """Replaces the generated section of `path` (between the result markers) with `section`."""
-  begin, end = RESULTS_BEGIN.replace(":", f"{marker}:"), RESULTS_END.replace(":", f"{marker}:")
-  text = path.read_text() if path.exists() else f"# Benchmarks\n\n{begin}\n{end}\n"
-  if begin not in text:
-    text += f"\n{begin}\n{end}\n"
-  head, rest = text.split(begin, 1)
-  tail = rest.split(end, 1)[1]
-  path.write_text(f"{head}{begin}\n{section}{end}{tail}")
+  return timing.markdown_section(
+      results,
+      ["Times are medians of steady-state runs; ratios > 1 mean JAX is faster. The torch",
+       "region op shows its faster form ([einsum] or [multiply_sum])."],
+      lambda results, allocator: _model_table(results, allocator) + [
+          "", f"Targets, allocator {allocator}:", ""] + _targets_table(results, allocator))
 
 
 def plot(results: dict, path: Path) -> None:
@@ -639,7 +341,7 @@ def plot(results: dict, path: Path) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   allocator = results["environment"]["allocators"][0]
-  rows = [r for r in results["rows"] if r["allocator"] == allocator and r["case"] != "conv"]
+  rows = [r for r in results["rows"] if r["allocator"] == allocator]
   panels = sorted({(r["case"], r["kind"]) for r in rows})
   columns = min(3, len(panels))
   fig, axes = plt.subplots(-(-len(panels) // columns), columns,
@@ -667,9 +369,8 @@ def plot(results: dict, path: Path) -> None:
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="tiny sizes, few iterations (CI)")
-  parser.add_argument("--suite", choices=("models", "conv"), default="models")
-  parser.add_argument("--allocators", nargs="+", choices=tuple(ALLOCATORS),
+  timing.add_flags(parser, "results.json and the PNG")
+  parser.add_argument("--allocators", nargs="+", choices=tuple(timing.ALLOCATORS),
                       default=None, help="default: tuned and default (quick: tuned only)")
   parser.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS, default=None,
                       help="default: all (quick: jax torch_eager; torch.compile alone "
@@ -678,51 +379,28 @@ def main(argv=None) -> None:
                       default=[*MODEL_CASES, "region_op"])
   parser.add_argument("--batch-sizes", nargs="+", type=int, default=None)
   parser.add_argument("--iters", type=int, default=None, help="timed runs per measurement")
-  parser.add_argument("--threads", type=int, default=os.cpu_count())
-  parser.add_argument("--timeout", type=float, default=1800, help="seconds per worker")
-  parser.add_argument("--out-dir", type=Path, default=None,
-                      help="results.json and the PNG (default: benchmarks/, quick: a temp dir)")
-  parser.add_argument("--markdown", type=Path, default=None,
-                      help="file whose results section is rewritten (default: BENCHMARKS.md; "
-                      "quick: none)")
   parser.add_argument("--tag", default="",
                       help="names this run's results file and BENCHMARKS.md section")
-  parser.add_argument("--from-json", type=Path, default=None,
-                      help="re-render the markdown and plot of an earlier results file")
-  parser.add_argument("--worker", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.worker:
     print(json.dumps(run_worker(json.loads(args.worker))))
     return
-  allocators = args.allocators or (["tuned"] if args.quick else ["tuned", "default"])
-  out_dir = args.out_dir or (Path(tempfile.mkdtemp(prefix="benchmark_")) if args.quick
-                             else REPO / "benchmarks")
-  out_dir.mkdir(parents=True, exist_ok=True)
-  if args.from_json:
+  if args.from_json:  # The plot too.
     results = json.loads(args.from_json.read_text())
     suffix = args.from_json.stem.removeprefix("results")
-    if results["suite"] == "models":
-      plot(results, args.from_json.parent / f"time_vs_batch{suffix}.png")
-    write_markdown(args.markdown or REPO / "BENCHMARKS.md", markdown(results), marker=suffix)
+    plot(results, args.from_json.parent / f"time_vs_batch{suffix}.png")
+    timing.write_markdown(timing.markdown_path(args), markdown(results), marker=suffix)
     return
+  allocators = args.allocators or (["tuned"] if args.quick else ["tuned", "default"])
   frameworks = args.frameworks or (["jax", "torch_eager"] if args.quick else list(FRAMEWORKS))
   size = dict(SIZES["quick" if args.quick else "full"])
-  if args.suite == "conv" and not args.quick:  # one batch: 13 forms of a 19-GFLOP conv
-    size.update(batch_sizes=(32,), iters=10)
   size.update({k: v for k, v in (("batch_sizes", args.batch_sizes), ("iters", args.iters))
                if v is not None})
-  results = run_all(args.suite, size, frameworks, args.cases, allocators, args.threads,
-                    args.timeout)
-  suffix = "".join(f"_{part}" for part in (args.suite, args.tag) if part and part != "models")
-  (out_dir / f"results{suffix}.json").write_text(json.dumps(results, indent=1))
-  section = markdown(results)
-  if args.suite == "models":
-    plot(results, out_dir / f"time_vs_batch{suffix}.png")
-  markdown_path = args.markdown or (None if args.quick else REPO / "BENCHMARKS.md")
-  if markdown_path:
-    write_markdown(markdown_path, section, marker=suffix)
-  print(section)
-  print(f"results in {out_dir}", file=sys.stderr)
+  results = timing.run_suite("experiments.benchmark", "models", plan(frameworks, args.cases),
+                             size, allocators, args.threads, args.timeout)
+  suffix = f"_{args.tag}" if args.tag else ""
+  out_dir = timing.save_results(args, results, markdown(results), suffix)
+  plot(results, out_dir / f"time_vs_batch{suffix}.png")
 
 
 if __name__ == "__main__":

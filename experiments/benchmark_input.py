@@ -1,6 +1,6 @@
 """Input-pipeline throughput against a small CNN's training step.
 
-Run: `.venv/bin/python experiments/benchmark_input.py [--name cluttered_digits/64]
+Run: `python -m experiments.benchmark_input [--name cluttered_digits/64]
 [--data_dir /tmp/regionatt_tfds] [--batch 128]`. Prints the build time of the offline
 dataset, examples/s of `data.make_iterator` for each thread count and augmentation,
 and the time of one jit-compiled Adam step of a 3-conv CNN on the same batches.
@@ -12,9 +12,9 @@ import time
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
+from experiments import timing
 from regionatt_jax import data
 
 
@@ -58,14 +58,18 @@ def train_step_seconds(name, data_dir, batch, num_steps):
 
   batches = data.make_iterator(name, "train", data_dir=data_dir, global_batch_size=batch,
                                seed=0)
-  times = []
-  for _ in range(num_steps + 2):
-    b = next(batches)
-    start = time.perf_counter()
-    params, opt_state = step(params, opt_state, b["image"], b["label"])
-    jax.block_until_ready(params)
-    times.append(time.perf_counter() - start)
-  return float(np.median(times[2:]))
+  # Fetched before timing, one per warm-up and timed step: this times the step alone.
+  fetched = iter([next(batches) for _ in range(num_steps + 2)])
+  state = {"params": params, "opt_state": opt_state}
+
+  def one_step():
+    b = next(fetched)
+    state["params"], state["opt_state"] = step(state["params"], state["opt_state"],
+                                               b["image"], b["label"])
+    jax.block_until_ready(state["params"])
+
+  return timing.median_ms(one_step, warmup=2, iters=num_steps)["median_ms"] / 1e3
+
 
 
 def main():
@@ -75,6 +79,8 @@ def main():
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--num_batches", type=int, default=100)
   args = parser.parse_args()
+  env = timing.environment({"jax": jax.__version__})
+  print(f"{env['cpu']}, {env['cores']} cores, jax {jax.__version__}")
 
   start = time.perf_counter()
   data.prepare(args.name, args.data_dir)

@@ -7,9 +7,11 @@ Prints median milliseconds, compile seconds and GB/s set against the copy bandwi
 (read + write) and the read-only bandwidth measured on the same arrays in the same run:
 the weighted sum reads x and writes 1/N of it, so reading bounds it.
 
-  GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296 \
+  GLIBC_TUNABLES=$(python -m experiments.timing) \
     python -m experiments.benchmark_region_op            # full sizes (~1 min)
   python -m experiments.benchmark_region_op --quick      # tiny sizes, seconds (CI)
+
+(`python -m experiments.timing` prints the tuned allocator setting of every benchmark.)
 """
 
 import argparse
@@ -21,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import timing
 import regionatt_jax as ra
 
 FULL_CASES = [((32, 64, 64, 64), (4, 4)), ((128, 64, 64, 64), (4, 4)),
@@ -30,13 +33,8 @@ QUICK_CASES = [((4, 16, 16, 8), (4, 4))]
 
 def median_seconds(fn, *args, repeats):
   """Median wall time of `fn(*args)` over `repeats` runs after one warm-up call."""
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
+  return timing.median_ms(lambda: jax.block_until_ready(fn(*args)), warmup=1,
+                          iters=repeats)["median_ms"] / 1e3
 
 
 def compile_seconds(jitted, *args):
@@ -48,13 +46,13 @@ def compile_seconds(jitted, *args):
 def copy_bandwidth(x, repeats):
   """Read + write GB/s of an in-place scale of `x` (donated, so no fresh pages)."""
   scale = jax.jit(lambda v: v * 1.0001, donate_argnums=0)
-  value = scale(x + 0)
-  times = []
-  for _ in range(repeats + 1):
-    start = time.perf_counter()
-    value = jax.block_until_ready(scale(value))
-    times.append(time.perf_counter() - start)
-  return 2 * x.nbytes / float(np.median(times[1:])) / 1e9
+  value = [scale(x + 0)]
+
+  def step():
+    value[0] = jax.block_until_ready(scale(value[0]))
+
+  seconds = timing.median_ms(step, warmup=1, iters=repeats)["median_ms"] / 1e3
+  return 2 * x.nbytes / seconds / 1e9
 
 
 def read_bandwidth(x, repeats):
@@ -162,8 +160,12 @@ def main(argv=None):
   args = parser.parse_args(argv)
   cases = QUICK_CASES if args.quick else FULL_CASES
   repeats = args.repeats or (3 if args.quick else 21)
-  print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, {os.cpu_count()} cores, "
-        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}, medians of {repeats}")
+  env = timing.environment({"jax": jax.__version__})
+  allocator = os.environ.get("GLIBC_TUNABLES")
+  print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, {env['cpu']}, "
+        f"{env['cores']} cores, allocator "
+        f"{'tuned' if allocator == timing.TUNED_ALLOCATOR else allocator or 'default'}, "
+        f"medians of {repeats}")
   rows = []
   for shape, grid in cases:
     rows.append(run_case(shape, grid, repeats))

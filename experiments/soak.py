@@ -21,11 +21,14 @@ import threading
 import time
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 from absl import app, flags
 
+from experiments import timing
 from experiments.configs import tiny
+from regionatt_jax.train import loop
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
@@ -92,13 +95,11 @@ class _Monitor:
                            rss_mb()))
 
   def __enter__(self):
-    import jax  # pylint: disable=g-import-not-at-top
     jax.monitoring.register_event_duration_secs_listener(self.on_event)
     self._thread.start()
     return self
 
   def __exit__(self, *exc):
-    import jax  # pylint: disable=g-import-not-at-top
     self._stop.set()
     self._thread.join()
     jax.monitoring.unregister_event_duration_listener(self.on_event)
@@ -119,7 +120,6 @@ def soak(config: ml_collections.ConfigDict, workdir: str, *,
     `num_samples`, `warmup_steps`, and `rss_trace` (about 20 `[step, MiB]` samples
     over the whole run).
   """
-  from regionatt_jax.train import loop  # pylint: disable=g-import-not-at-top
   warmup_steps = max(config.train.eval_every, config.train.checkpoint_every)
   with _Monitor(workdir, interval_s) as monitor:
     loop.train_and_evaluate(config, workdir)
@@ -155,6 +155,7 @@ def main(argv):
   if os.path.exists(_WORKDIR.value):
     raise app.UsageError(f"--workdir {_WORKDIR.value} exists; a soak run needs a new one")
   figures = soak(soak_config(_STEPS.value, _DATA_DIR.value), _WORKDIR.value)
+  figures["environment"] = timing.environment({"jax": jax.__version__})
   print(json.dumps(figures, indent=2))
   if _OUT.value:
     with open(_OUT.value, "w") as f:

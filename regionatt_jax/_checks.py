@@ -4,7 +4,9 @@ Each check runs on static information (shapes, dtypes, Python values), so it cos
 nothing under `jit` and fires at trace time, before XLA can fail somewhere deep. Every
 message names the argument, says what it got and what it needs. A value that is traced
 under `jit` (an argument of the jitted function, not a Python or NumPy constant) has no
-value at trace time: only its shape and dtype are checked then.
+value at trace time: only its shape and dtype are checked then. Shapes are broadcast with
+`jnp.broadcast_shapes`, which also takes `jax.export`'s symbolic dimensions (a symbolic
+batch size).
 """
 
 import math
@@ -61,7 +63,7 @@ def bool_array(mask, name: str, shape: Sequence[int]):
   if mask.dtype != jnp.bool_:
     raise TypeError(f"{name} must be a boolean array, got dtype {mask.dtype}")
   try:
-    broadcast = np.broadcast_shapes(tuple(mask.shape), tuple(shape))
+    broadcast = jnp.broadcast_shapes(tuple(mask.shape), tuple(shape))
   except ValueError:
     broadcast = None
   if broadcast != tuple(shape):
@@ -74,7 +76,7 @@ def bool_array(mask, name: str, shape: Sequence[int]):
 def broadcastable(shape_a, shape_b, names: str) -> tuple[int, ...]:
   """Returns the broadcast of two shapes, or raises a ValueError naming both."""
   try:
-    return np.broadcast_shapes(tuple(shape_a), tuple(shape_b))
+    return jnp.broadcast_shapes(tuple(shape_a), tuple(shape_b))
   except ValueError:
     raise ValueError(
         f"{names} must have leading axes that broadcast together, got "

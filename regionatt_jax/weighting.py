@@ -173,9 +173,11 @@ def per_region(region_fn: Callable[[jax.Array], jax.Array]) -> ScoreFn:
 _normalize, _aggregate = normalize, aggregate
 
 
-# Up to this many regions the weighted sum is unrolled into one elementwise loop; beyond,
-# the unrolled HLO compiles slowly and runs slower than XLA's reduction (measured by
-# experiments/benchmark_region_op.py: 2x faster at N=16, 1.5x at N=64, 2.6x slower at 256).
+# On XLA:CPU, up to this many regions the weighted sum is unrolled into one elementwise
+# loop; beyond, the unrolled HLO compiles slowly and runs slower than XLA's reduction
+# (measured on XLA:CPU, 2 cores, by experiments/benchmark_region_op.py: 2x faster at
+# N=16, 1.5x at N=64, 2.6x slower at 256). Not measured on GPU or TPU, where the sum is
+# XLA's reduction for every N.
 MAX_UNROLLED_REGIONS = 64
 
 
@@ -194,24 +196,33 @@ def _reduced_grid_sum(blocks, weights):
   return jnp.sum(blocks * scale, axis=(-5, -3))
 
 
-@jax.custom_jvp
 def _unrolled_grid_sum(blocks, weights):
-  """`_reduced_grid_sum` as N multiply-adds, which XLA:CPU fuses into one vectorized loop.
-
-  Its own derivative, transposed for `grad`, would pad every region's gradient to the
-  whole image and add N of them (N passes over `x`); the tangent rule below is the
-  reduction's, whose transpose is one broadcast multiply for the blocks and one
-  reduction for the weights.
-  """
+  """`_reduced_grid_sum` as N multiply-adds, which XLA:CPU fuses into one vectorized loop."""
   gh, gw = blocks.shape[-5], blocks.shape[-3]
   return sum(blocks[..., i, :, j, :, :] * weights[..., i * gw + j, None, None, None]
              for i in range(gh) for j in range(gw))
 
 
-@_unrolled_grid_sum.defjvp
-def _unrolled_grid_sum_jvp(primals, tangents):
+@jax.custom_jvp
+def _grid_sum(blocks, weights):
+  """`_reduced_grid_sum`, computed on XLA:CPU as `_unrolled_grid_sum` for few regions.
+
+  The form is chosen by `jax.lax.platform_dependent` when lowering, so one jitted or
+  exported function stays portable. The derivative is the reduction's on every
+  platform: the unrolled form's own, transposed for `grad`, would pad every region's
+  gradient to the whole image and add N of them (N passes over `x`), while the
+  reduction's transpose is one broadcast multiply for the blocks and one reduction for
+  the weights.
+  """
+  gh, gw = blocks.shape[-5], blocks.shape[-3]
+  cpu_form = _unrolled_grid_sum if gh * gw <= MAX_UNROLLED_REGIONS else _reduced_grid_sum
+  return jax.lax.platform_dependent(blocks, weights, cpu=cpu_form, default=_reduced_grid_sum)
+
+
+@_grid_sum.defjvp
+def _grid_sum_jvp(primals, tangents):
   (blocks, weights), (blocks_dot, weights_dot) = primals, tangents
-  return _unrolled_grid_sum(blocks, weights), (
+  return _grid_sum(blocks, weights), (
       _reduced_grid_sum(blocks_dot, weights) + _reduced_grid_sum(blocks, weights_dot))
 
 
@@ -220,7 +231,8 @@ def _weighted_grid_sum(x, weights, layout, mode):
 
   Works on the free reshape `(..., gh, h, gw, w, C)` of `x` and never materializes the
   weighted regions or a transposed copy: an einsum over the `(..., N, h, w, C)` regions
-  lowers on XLA:CPU to a transpose plus a batched matmul, 10x slower (docs/design.md).
+  lowers on XLA:CPU to a transpose plus a batched matmul, 10x slower (measured on XLA:CPU,
+  docs/design.md).
 
   Args:
     x: `(..., Hp, Wp, C)` image, already padded to `layout.padded`.
@@ -233,10 +245,8 @@ def _weighted_grid_sum(x, weights, layout, mode):
   if mode == "reassemble":
     scale = weights.reshape(weights.shape[:-1] + (gh, 1, gw, 1, 1)).astype(x.dtype)
     return (blocks * scale).reshape(x.shape)[..., :layout.image[0], :layout.image[1], :]
-  grid_sum = (_unrolled_grid_sum if layout.num_regions <= MAX_UNROLLED_REGIONS
-              else _reduced_grid_sum)
   # float32 weights promote the products and the sum of half-precision images.
-  total = grid_sum(blocks, weights.astype(_accumulation_dtype(x.dtype)))
+  total = _grid_sum(blocks, weights.astype(_accumulation_dtype(x.dtype)))
   if mode == "mean":
     total = total / layout.num_regions
   return total.astype(x.dtype)

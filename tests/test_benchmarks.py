@@ -1,12 +1,43 @@
-"""The benchmark scripts run in their quick modes, so they cannot rot."""
+"""The benchmark scripts run in their quick modes, so they cannot rot, and BENCHMARKS.md
+is what they render from their recorded results."""
 
 import json
+import pathlib
 import subprocess
 import sys
 
 import pytest
 
+from experiments import benchmark
+from experiments import benchmark_conv
 from experiments import benchmark_region_op
+from experiments import timing
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_median_ms_is_the_median_of_the_timed_calls(monkeypatch):
+  clock = [0.0]
+  durations = iter([5.0, 1.0, 3.0, 2.0])  # seconds each call takes on a fake clock
+  monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+
+  def call():
+    clock[0] += next(durations)
+
+  result = timing.median_ms(call, warmup=1, iters=3)
+  assert next(durations, None) is None  # one warm-up call (5 s, untimed), three timed
+  assert result["median_ms"] == pytest.approx(2000.0)  # median of 1, 3, 2 s
+  assert (result["p25_ms"], result["p75_ms"]) == pytest.approx((1500.0, 2500.0))
+
+
+@pytest.mark.parametrize("script,marker", [
+    (benchmark, ""), (benchmark, "_default_allocator"), (benchmark_conv, "_conv")])
+def test_benchmarks_md_sections_render_from_their_results(script, marker):
+  results = json.loads((REPO / "benchmarks" / f"results{marker}.json").read_text())
+  text = (REPO / "BENCHMARKS.md").read_text()
+  begin = timing.RESULTS_BEGIN.replace(":", f"{marker}:")
+  end = timing.RESULTS_END.replace(":", f"{marker}:")
+  assert text.split(begin, 1)[1].split(end, 1)[0] == "\n" + script.markdown(results)
 
 
 def test_region_op_benchmark_quick(tmp_path):
@@ -18,19 +49,35 @@ def test_region_op_benchmark_quick(tmp_path):
     assert row[key] > 0, key
 
 
+def _run_quick(module: str, out_dir) -> str:
+  """Runs `python -m <module> --quick`; returns its stdout."""
+  pytest.importorskip("torch", reason="the benchmarks compare against torch")
+  out = subprocess.run([sys.executable, "-m", module, "--quick", "--out-dir", str(out_dir)],
+                       capture_output=True, text=True, timeout=900, cwd=REPO)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return out.stdout
+
+
 @pytest.mark.slow
 def test_framework_benchmark_quick(tmp_path):
-  pytest.importorskip("torch", reason="the framework benchmark compares against torch")
-  out = subprocess.run([sys.executable, "experiments/benchmark.py", "--quick",
-                        "--out-dir", str(tmp_path)],
-                       capture_output=True, text=True, timeout=900)
-  assert out.returncode == 0, out.stderr[-3000:]
+  stdout = _run_quick("experiments.benchmark", tmp_path)
   for case in ("attention_net", "region_op"):
-    assert case in out.stdout, out.stdout[-3000:]
-  assert "JAX compile <= 1 s per function, from the persistent cache" in out.stdout
+    assert case in stdout, stdout[-3000:]
+  assert "JAX compile <= 1 s per function, from the persistent cache" in stdout
   rows = json.loads((tmp_path / "results.json").read_text())["rows"]
   jax_rows = [r for r in rows if r["framework"] == "jax"]
   assert jax_rows and all(r["median_ms"] > 0 for r in rows)
   # The second compile loads the first one's executable from the persistent cache.
   train_steps = [r for r in jax_rows if r["kind"] == "train_step"]
   assert train_steps and all(r["compile_cached_s"] < r["compile_s"] for r in train_steps)
+
+
+@pytest.mark.slow
+def test_conv_benchmark_quick(tmp_path):
+  _run_quick("experiments.benchmark_conv", tmp_path)
+  results = json.loads((tmp_path / "results_conv.json").read_text())
+  forms = {(r["framework"], r["kind"]) for r in results["rows"]}
+  assert ("jax", "fwd+dx+dw: Conv f32") in forms
+  assert ("torch_eager", "fwd+dx+dw: channels_last") in forms
+  assert all(r["median_ms"] > 0 for r in results["rows"])
+  assert {m["framework"] for m in results["memory"]} == {"jax", "torch_eager"}

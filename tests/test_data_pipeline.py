@@ -216,3 +216,16 @@ def test_missing_dataset_says_how_to_prepare(tmp_path):
                        seed=0)
   with pytest.raises(ValueError, match="tfds build patch_camelyon"):
     data.prepare("patch_camelyon", str(tmp_path))
+
+
+def test_padded_batches_hold_every_example_once_and_mask_the_padding(data_dir):
+  """Test split of 128 in batches of 48: 48, 48, 32 real + 16 padding, all one shape."""
+  batches = list(data.padded_batches(NAME, "test", data_dir=data_dir, global_batch_size=48))
+  assert [b["image"].shape for b in batches] == [(48, 32, 32, 1)] * 3
+  assert [int(b["example_mask"].sum()) for b in batches] == [48, 48, 32]
+  real = [key for b in batches
+          for key, valid in zip(_example_keys(b), b["example_mask"]) if valid]
+  assert real == _split_keys(data_dir, "test")
+  padding = batches[-1]
+  assert not padding["example_mask"][32:].any()
+  assert (padding["image"][32:] == 0).all() and (padding["label"][32:] == 0).all()

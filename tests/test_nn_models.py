@@ -207,9 +207,10 @@ def test_scorer_by_name_equals_the_scorer_passed_explicitly(name):
 
 
 @pytest.mark.parametrize("backbone,torchvision_count", [("resnet18", 11_689_512),
-                                                        ("resnet34", 21_797_672)])
+                                                        ("resnet34", 21_797_672),
+                                                        ("resnet50", 25_557_032)])
 def test_resnet_parameter_counts_equal_torchvision(backbone, torchvision_count):
-  # torchvision.models.resnet18()/resnet34(): ImageNet stem, 1000 classes, 3 input channels.
+  # torchvision.models.resnet18()/34()/50(): ImageNet stem, 1000 classes, 3 input channels.
   model = rn.RegionAttentionClassifier(1000, backbone=backbone, head=None,
                                        backbone_kwargs={"stem": "imagenet"})
   variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),

@@ -123,6 +123,38 @@ def test_weight_decay_skips_biases_and_norm_scales(name):
   np.testing.assert_array_equal(updates["bn"]["scale"], 0.0)
 
 
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_backbone_lr_multiplier_is_the_learning_rate_of_the_backbone_only(name):
+  """With the multiplier 0.1 the backbone's own leaves follow a run at a tenth of the
+  learning rate (weight decay included); its attention module and the head follow the
+  run at the full rate."""
+  params = {"backbone": {"conv1": {"kernel": jnp.ones((3, 3, 2, 4))},
+                         "layer1_0": {"attention": {"kernel": jnp.ones((4, 2))}}},
+            "classifier": {"kernel": jnp.ones((4, 5)), "bias": jnp.ones((5,))}}
+
+  def stepped(learning_rate, multiplier):
+    tx = optim_lib.make_optimizer(_config(
+        name=name, learning_rate=learning_rate, backbone_lr_multiplier=multiplier,
+        warmup_steps=0, schedule="constant", weight_decay=0.1, clip_norm=0.0)).tx
+    p, opt_state = params, tx.init(params)
+    for seed in range(3):
+      rng = np.random.default_rng(seed)
+      grads = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape), x.dtype), p)
+      updates, opt_state = tx.update(grads, opt_state, p)
+      p = jax.tree.map(jnp.add, p, updates)
+    return p
+
+  scaled, full, tenth = stepped(0.1, 0.1), stepped(0.1, 1.0), stepped(0.01, 1.0)
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  close(scaled["backbone"]["conv1"]["kernel"], tenth["backbone"]["conv1"]["kernel"])
+  jax.tree.map(close, scaled["backbone"]["layer1_0"], full["backbone"]["layer1_0"])
+  jax.tree.map(close, scaled["classifier"], full["classifier"])
+  assert not np.allclose(tenth["classifier"]["kernel"], full["classifier"]["kernel"])
+  tx = optim_lib.make_optimizer(_config(backbone_lr_multiplier=0.1)).tx
+  with pytest.raises(ValueError, match="'optim.backbone_lr_multiplier' needs .* 'backbone'"):
+    tx.init({"classifier": params["classifier"]})
+
+
 def test_gradient_clipping_bounds_the_update():
   config = _config(name="sgd", learning_rate=1.0, warmup_steps=0, schedule="constant",
                    weight_decay=0.0, momentum=0.0, clip_norm=2.0)

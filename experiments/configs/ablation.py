@@ -1,17 +1,24 @@
 r"""The ablation table: which attention helps, and does it look at the right place.
 
-Each `Row` is a name, the table it belongs to, and the config keys it changes from
-`regionatt_jax.train.config.base_config()` (dotted, as on the command line). Every row
-runs once per seed in `SEEDS`. Run the whole table (77 minutes on 2 idle CPU cores;
-the quick ablation, `--tables cluttered,bags`, about 41) with
+A `Table` is a config file of `experiments/configs/` with an arg and the training budget
+(dotted keys) its rows share; a `Row` is a name and the config arg that makes it, e.g.
+`scorer=gated`, so each run is also a plain training job:
+
+    python -m experiments.train --workdir runs/x \
+        --config experiments/configs/cluttered.py:canvas=128,scorer=gated \
+        --config.train.steps=350 --config.train.global_batch_size=32 ...
+
+Every row runs once per seed in `SEEDS`. Run the whole table (77 minutes on 2 idle CPU
+cores; the quick ablation, `--tables cluttered,bags`, about 41) with
 
     python -m experiments.ablation --out runs/ablation
 
 and one tiny step per row (CI) with `python -m experiments.ablation --smoke`.
 
-The real-image tables (`REAL_ROWS`: cifar10, eurosat, patch_camelyon with a ResNet-18)
-are not part of the default run; they need the datasets downloaded once and a GPU or
-TPU (hours of CPU time each). On such a machine:
+The real-image tables (`REAL_ROWS`: cifar10, eurosat, patch_camelyon with a ResNet-18,
+the recipe of `experiments/configs/cifar10.py`) are not part of the default run; they
+need the datasets downloaded once and a GPU or TPU (hours of CPU time each). On such a
+machine:
 
     pip install -e ".[all]"
     tfds build cifar10 eurosat/rgb patch_camelyon --file_format=array_record
@@ -41,7 +48,18 @@ the rows differ only in the attention they add. The 128x128 canvas gets a fifth 
 from __future__ import annotations
 
 import dataclasses
+import os
+import types
 from typing import Any, Mapping, Sequence
+
+import ml_collections
+
+from experiments.configs import cifar10
+from experiments.configs import cluttered
+from experiments.configs import eurosat
+from experiments.configs import mil_digit_bags
+from experiments.configs import patch_camelyon
+from regionatt_jax.train import config as config_lib
 
 SEEDS = (0, 1, 2)
 
@@ -52,46 +70,60 @@ BAG_TRAIN_SIZES = (50, 150, 500)
 STEPS = 350
 BAG_STEPS = 600
 
-#: Keys every run shares (the optimizer of `experiments/configs/default.py`): evaluate
-#: and checkpoint once, at the end; no progress bar; the figures come from
-#: `experiments.ablation`, not from the training job.
-COMMON: Mapping[str, Any] = {
-    "train.global_batch_size": 32,
-    "train.eval_batch_size": 250,
+#: Keys every run shares: evaluate and checkpoint once, at the end (`make_config`); no
+#: progress bar; the figures come from `experiments.ablation`, not from the training job.
+RUN: Mapping[str, Any] = {
     "train.log_every": 25,
     "train.keep_checkpoints": 1,
     "train.keep_best": 0,
     "train.progress_bar": False,
     "train.num_figures": 0,
-    "optim.learning_rate": 3e-3,
-    "optim.warmup_steps": 30,
-    "optim.weight_decay": 1e-4,
-    "optim.clip_norm": 1.0,
 }
 
-#: Per table: dataset and length of training. Steps were chosen so that the quick
-#: ablation (cluttered + bags) fits in about 40 minutes on 2 idle cores and the whole
-#: table in under 80 (RESULTS.md gives the measured costs).
-TABLES: Mapping[str, Mapping[str, Any]] = {
-    "cluttered": {"dataset.name": "cluttered_digits/64", "train.steps": STEPS},
-    "heavy": {"dataset.name": "cluttered_digits/64_heavy", "train.steps": STEPS},
-    "large": {"dataset.name": "cluttered_digits/128", "train.steps": STEPS},
-    "bags": {"dataset.name": "digit_bags/16px", "train.steps": BAG_STEPS,
-             "train.global_batch_size": 16, "optim.learning_rate": 1e-3,
-             "model.name": "MILClassifier"},
-}
-
-#: `--smoke`: the tiny configs, one step, small batches.
-SMOKE: Mapping[str, Mapping[str, Any]] = {
-    "cluttered": {"dataset.name": "cluttered_digits/tiny"},
-    "heavy": {"dataset.name": "cluttered_digits/tiny"},
-    # Five stages need a canvas of at least 64 for the 4x4 grid (tiny is 32x32).
-    "large": {"dataset.name": "cluttered_digits/64_clean"},
-    "bags": {"dataset.name": "digit_bags/tiny"},
-}
-SMOKE_COMMON: Mapping[str, Any] = {
+#: `--smoke`: one step, small batches (and each table's `smoke_dataset`).
+SMOKE: Mapping[str, Any] = {
     "train.steps": 1, "train.global_batch_size": 8, "train.eval_batch_size": 64,
     "train.log_every": 1, "optim.warmup_steps": 0,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+  """A results table: the config its rows start from and the budget they share.
+
+  Attributes:
+    title: the heading in RESULTS.md.
+    config: a config module of `experiments/configs/` (its `get_config(arg)`).
+    arg: the config arg every row starts with (e.g. the canvas).
+    overrides: dotted config keys -> values: the table's training budget.
+    smoke_dataset: the dataset of `--smoke` (None: the table has no smoke run).
+  """
+  title: str
+  config: types.ModuleType
+  arg: str = ""
+  overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  smoke_dataset: str | None = None
+
+
+#: Steps were chosen so that the quick ablation (cluttered + bags) fits in about 40
+#: minutes on 2 idle cores and the whole table in under 80 (RESULTS.md gives the
+#: measured costs); `default.py`'s 50 warmup steps become 30 of the 350.
+_IMAGE_BUDGET = {"train.steps": STEPS, "train.global_batch_size": 32,
+                 "optim.warmup_steps": 30}
+TABLES: Mapping[str, Table] = {
+    "cluttered": Table("cluttered_digits/64", cluttered, "canvas=64", _IMAGE_BUDGET,
+                       "cluttered_digits/tiny"),
+    "heavy": Table("More clutter, same canvas: cluttered_digits/64_heavy", cluttered,
+                   "canvas=64_heavy", _IMAGE_BUDGET, "cluttered_digits/tiny"),
+    # Five stages need a canvas of at least 64 for the 4x4 grid (tiny is 32x32).
+    "large": Table("Larger canvas, same clutter density: cluttered_digits/128", cluttered,
+                   "canvas=128", _IMAGE_BUDGET, "cluttered_digits/64_clean"),
+    "bags": Table("digit_bags/16px (multiple-instance learning)", mil_digit_bags, "",
+                  {"train.steps": BAG_STEPS, "optim.warmup_steps": 30}, "digit_bags/tiny"),
+    # The real-image recipe as it is (about 50-110 epochs).
+    "cifar10": Table("cifar10", cifar10),
+    "eurosat": Table("eurosat", eurosat),
+    "patch_camelyon": Table("patch_camelyon", patch_camelyon),
 }
 
 
@@ -101,17 +133,17 @@ class Row:
 
   Attributes:
     name: the label in tables and figures.
-    table: `"cluttered"`, `"large"` or `"bags"` (a key of `TABLES`).
+    table: a key of `TABLES`.
     family: the attention family, for the figure panels: `"none"`, `"seed"`,
       `"channel"`, `"spatial"`, `"region"`, `"multiscale"`, `"pooling"`.
-    overrides: dotted config keys -> values, applied after `COMMON` and `TABLES`.
+    arg: the config arg of the table's config file, after the table's own.
     train_examples: bags table only: training bags (a smaller `digit_bags/16px`).
     grid: the region grid to draw on the attention panels, if the model has one.
   """
   name: str
   table: str
   family: str
-  overrides: Mapping[str, Any]
+  arg: str = ""
   train_examples: int | None = None
   grid: tuple[int, int] | None = None
 
@@ -122,96 +154,100 @@ class Row:
     return f"{self.table}_{self.name}{size}".lower().replace(" ", "_").replace("-", "_")
 
 
-def _classifier(**kwargs) -> dict[str, Any]:
-  return {"model.name": "RegionAttentionClassifier", "model.kwargs": kwargs}
+def bag_data_dir(data_dir: str, train_examples: int) -> str:
+  """Where `digit_bags/16px` with only `train_examples` training bags is built."""
+  return os.path.join(data_dir, "digit_bags_subsets", f"train_{train_examples}")
 
 
-def _region_head(scorer: str, **kwargs) -> dict[str, Any]:
-  """A 4x4 region-attention head (softmax over 16 regions, weighted sum) with `scorer`."""
-  return _classifier(head="region", head_kwargs={"grid": (4, 4), "scorer": scorer},
-                     **kwargs)
+def make_config(row: Row, seed: int, *, data_dir: str, smoke: bool = False
+                ) -> ml_collections.ConfigDict:
+  """The training config of one (row, seed), validated.
+
+  Args:
+    row: a row of the table.
+    seed: the run's seed (model init, data order).
+    data_dir: tfds data directory of the datasets (bags of a smaller training set live
+      in a subdirectory, `bag_data_dir`).
+    smoke: the table's smoke dataset and one step instead of the real settings.
+
+  Returns:
+    The config; `validate_config` has checked keys and values (training checks the
+    batch sizes again against its devices).
+
+  Raises:
+    ValueError: a bad config arg or override key (the message names it).
+  """
+  table = TABLES[row.table]
+  config = table.config.get_config(",".join(filter(None, (table.arg, row.arg))))
+  config.update_from_flattened_dict({**RUN, **table.overrides})
+  if smoke:
+    if table.smoke_dataset is None:
+      raise ValueError(f"table {row.table!r} has no smoke run")
+    config.update_from_flattened_dict({**SMOKE, "dataset.name": table.smoke_dataset})
+  config.seed = seed
+  config.train.eval_every = config.train.steps
+  config.train.checkpoint_every = config.train.steps
+  config.dataset.data_dir = data_dir
+  if row.train_examples is not None and not smoke:
+    config.dataset.data_dir = bag_data_dir(data_dir, row.train_examples)
+  config_lib.validate_config(config, num_devices=1)
+  return config
 
 
-def _multiscale(**kwargs) -> dict[str, Any]:
-  return _classifier(head="multiscale", head_kwargs={
-      "grids": ((1, 1), (2, 2), (4, 4)), "mode": "coarse_to_fine"}, **kwargs)
+def dataset_of(name: str) -> str:
+  """The dataset of table `name` (its config with the table's arg and budget)."""
+  config = TABLES[name].config.get_config(TABLES[name].arg)
+  config.update_from_flattened_dict(TABLES[name].overrides)
+  return config.dataset.name
 
 
-#: The default backbone (64x64 canvas) and its five-stage form for the 128x128 canvas.
-_FOUR_STAGES = {"backbone_kwargs": {"features": (16, 32, 64, 64)}}
-_FIVE_STAGES = {"backbone_kwargs": {"features": (16, 16, 32, 64, 64)}}
+_REGION_SCORERS = (("conv", "conv"), ("mlp", "MLP"), ("gated", "gated"),
+                   ("recurrent", "recurrent"), ("self_attention", "self-attention"))
+
+#: Every image row, by name (`table` is filled in by `_image_rows`).
+_IMAGE_ROWS = {row.name: row for row in (
+    Row("plain CNN", "", "none", "head=none"),
+    # Half the published widths (64, 128): at full width one step costs ~9x a SmallCNN
+    # step on this CPU, which the hour cannot hold for 3 seeds.
+    Row("AttentionNet", "", "seed", "model=attention_net,features=32-64"),
+    Row("SE", "", "channel", "attention=se,head=none"),
+    Row("ECA", "", "channel", "attention=eca,head=none"),
+    Row("CBAM", "", "spatial", "attention=cbam,head=none"),
+    Row("coordinate", "", "channel", "attention=coordinate,head=none"),
+    *(Row(f"region {label}", "", "region", f"scorer={scorer}", grid=(4, 4))
+      for scorer, label in _REGION_SCORERS),
+    Row("multi-scale", "", "multiscale", "head=multiscale", grid=(4, 4)),
+)}
 
 
-def _image_rows(table: str, stages: Mapping[str, Any], names: Sequence[str]) -> tuple[Row, ...]:
-  """The rows called `names` of one image table, on the backbone `stages`."""
-  rows = (
-      Row("plain CNN", table, "none", _classifier(head=None, **stages)),
-      # Half the published widths (64, 128): at full width one step costs ~9x a SmallCNN
-      # step on this CPU, which the hour cannot hold for 3 seeds.
-      Row("AttentionNet", table, "seed",
-          {"model.name": "AttentionNet", "model.kwargs": {"features": (32, 64)}}),
-      Row("SE", table, "channel", _classifier(head=None, attention="se", **stages)),
-      Row("ECA", table, "channel", _classifier(head=None, attention="eca", **stages)),
-      Row("CBAM", table, "spatial", _classifier(head=None, attention="cbam", **stages)),
-      Row("coordinate", table, "channel",
-          _classifier(head=None, attention="coordinate", **stages)),
-      *(Row(f"region {label}", table, "region", _region_head(scorer, **stages), grid=(4, 4))
-        for scorer, label in (("conv", "conv"), ("mlp", "MLP"), ("gated", "gated"),
-                              ("recurrent", "recurrent"),
-                              ("self_attention", "self-attention"))),
-      Row("multi-scale", table, "multiscale", _multiscale(**stages), grid=(4, 4)),
-  )
-  by_name = {row.name: row for row in rows}
-  return tuple(by_name[name] for name in names)
+def _image_rows(table: str, names: Sequence[str]) -> tuple[Row, ...]:
+  return tuple(dataclasses.replace(_IMAGE_ROWS[name], table=table) for name in names)
 
 
-CLUTTERED_ROWS = _image_rows("cluttered", _FOUR_STAGES, (
-    "plain CNN", "AttentionNet", "SE", "ECA", "CBAM", "coordinate", "region conv",
-    "region MLP", "region gated", "region recurrent", "region self-attention",
-    "multi-scale"))
-HEAVY_ROWS = _image_rows("heavy", _FOUR_STAGES,
-                         ("plain CNN", "CBAM", "region MLP", "multi-scale"))
-LARGE_ROWS = _image_rows("large", _FIVE_STAGES,
-                         ("plain CNN", "CBAM", "region MLP", "multi-scale"))
+CLUTTERED_ROWS = _image_rows("cluttered", tuple(_IMAGE_ROWS))
+HEAVY_ROWS = _image_rows("heavy", ("plain CNN", "CBAM", "region MLP", "multi-scale"))
+LARGE_ROWS = _image_rows("large", ("plain CNN", "CBAM", "region MLP", "multi-scale"))
 
-#: The image tables in report order: (table, title, rows).
-IMAGE_TABLES = (
-    ("cluttered", "cluttered_digits/64", CLUTTERED_ROWS),
-    ("heavy", "More clutter, same canvas: cluttered_digits/64_heavy", HEAVY_ROWS),
-    ("large", "Larger canvas, same clutter density: cluttered_digits/128", LARGE_ROWS),
-)
+#: The image tables in report order: (table, rows).
+IMAGE_TABLES = (("cluttered", CLUTTERED_ROWS), ("heavy", HEAVY_ROWS),
+                ("large", LARGE_ROWS))
 
+BAG_POOLINGS = ("attention", "gated", "mean", "max")
 BAG_ROWS = tuple(
-    Row(f"{pooling} pooling", "bags", "pooling", {"model.kwargs": {"pooling": pooling}},
-        train_examples=size)
-    for size in BAG_TRAIN_SIZES for pooling in ("attention", "gated", "mean", "max"))
+    Row(f"{pooling} pooling", "bags", "pooling", f"pooling={pooling}", train_examples=size)
+    for size in BAG_TRAIN_SIZES for pooling in BAG_POOLINGS)
 
 ROWS = CLUTTERED_ROWS + HEAVY_ROWS + LARGE_ROWS + BAG_ROWS
 
-#: Real images: name -> steps (about 50 epochs at batch 128).
-REAL_DATASETS: Mapping[str, Mapping[str, Any]] = {
-    "cifar10": {"dataset.name": "cifar10", "train.steps": 18000},
-    "eurosat": {"dataset.name": "eurosat/rgb", "train.steps": 8500},
-    "patch_camelyon": {"dataset.name": "patch_camelyon", "train.steps": 100000},
-}
-TABLES = {**TABLES, **{
-    name: {**settings, "train.global_batch_size": 128, "train.eval_batch_size": 500,
-           "train.log_every": 100, "dataset.augment": True, "optim.warmup_steps": 500,
-           "optim.weight_decay": 5e-2}
-    for name, settings in REAL_DATASETS.items()}}
-
-
-def _resnet(**kwargs) -> dict[str, Any]:
-  return _classifier(backbone="resnet18", **kwargs)
-
-
+REAL_DATASETS = ("cifar10", "eurosat", "patch_camelyon")
 REAL_ROWS = tuple(
     row for name in REAL_DATASETS for row in (
-        Row("ResNet-18", name, "none", _resnet(head=None)),
-        Row("SE-ResNet-18", name, "channel", _resnet(head=None, attention="se")),
-        Row("CBAM-ResNet-18", name, "spatial", _resnet(head=None, attention="cbam")),
-        Row("ResNet-18 + region MLP", name, "region",
-            _region_head("mlp", backbone="resnet18"), grid=(4, 4)),
-        Row("ResNet-18 + multi-scale", name, "multiscale", _multiscale(backbone="resnet18"),
-            grid=(4, 4)),
+        Row("ResNet-18", name, "none", "head=none"),
+        Row("SE-ResNet-18", name, "channel", "attention=se,head=none"),
+        Row("CBAM-ResNet-18", name, "spatial", "attention=cbam,head=none"),
+        Row("ResNet-18 + region MLP", name, "region", "scorer=mlp", grid=(4, 4)),
+        Row("ResNet-18 + multi-scale", name, "multiscale", "head=multiscale", grid=(4, 4)),
     ))
+
+#: Every row, by key.
+ROWS_BY_KEY: Mapping[str, Row] = {row.key: row for row in ROWS + REAL_ROWS}

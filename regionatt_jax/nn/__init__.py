@@ -25,6 +25,8 @@ from regionatt_jax.nn.maps import REGION_WEIGHTS
 from regionatt_jax.nn.maps import topmost
 from regionatt_jax.nn.models import AttentionNet
 from regionatt_jax.nn.models import BACKBONES
+from regionatt_jax.nn.models import BasicBlock
+from regionatt_jax.nn.models import Bottleneck
 from regionatt_jax.nn.models import build_model
 from regionatt_jax.nn.models import MILClassifier
 from regionatt_jax.nn.models import MODELS
@@ -32,6 +34,9 @@ from regionatt_jax.nn.models import RegionAttentionClassifier
 from regionatt_jax.nn.models import ResNet
 from regionatt_jax.nn.models import ResNet18
 from regionatt_jax.nn.models import ResNet34
+from regionatt_jax.nn.models import ResNet50
+from regionatt_jax.nn.models import ResNet101
+from regionatt_jax.nn.models import ResNet152
 from regionatt_jax.nn.models import SmallCNN
 from regionatt_jax.nn.pooling import AttentionPooling
 from regionatt_jax.nn.region import MultiScaleRegionAttention
@@ -46,10 +51,12 @@ from regionatt_jax.nn.scorers import SelfAttentionScorer
 
 __all__ = [
     "ATTENTIONS", "ATTENTION_MAP", "AttentionNet", "AttentionPooling", "AttentionScore",
-    "BACKBONES", "CBAM", "ConvScorer", "CoordinateAttention", "EfficientChannelAttention",
-    "GatedScorer", "INSTANCE_WEIGHTS", "MILClassifier", "MLPScorer", "MODELS",
+    "BACKBONES", "BasicBlock", "Bottleneck", "CBAM", "ConvScorer", "CoordinateAttention",
+    "EfficientChannelAttention", "GatedScorer", "INSTANCE_WEIGHTS", "MILClassifier",
+    "MLPScorer", "MODELS",
     "MultiScaleRegionAttention", "REGION_WEIGHTS", "RecurrentScorer", "RegionAttention",
-    "RegionAttentionClassifier", "ResNet", "ResNet18", "ResNet34", "SCORERS",
+    "RegionAttentionClassifier", "ResNet", "ResNet18", "ResNet34", "ResNet50", "ResNet101",
+    "ResNet152", "SCORERS",
     "SelfAttentionScorer",
     "SmallCNN", "SpatialAttention", "SqueezeExcite", "attention_maps", "build_model", "eca_kernel_size", "has_attention_map",
     "instance_weights", "make_attention", "pool_regions", "topmost",

@@ -1,5 +1,5 @@
 """Classifiers: `AttentionNet` (the seed network), `RegionAttentionClassifier` (a small CNN
-or ResNet-18/34 backbone, attention per stage, region-attention head) and
+or torchvision-layout ResNet backbone, attention per block, region-attention head) and
 `MILClassifier` (instance CNN + attention pooling), and `build_model`, which turns a
 config's `model` section into one of them.
 
@@ -12,8 +12,8 @@ values with a weight gradient ~2x faster on XLA:CPU (`conv=flax.linen.Conv` also
 """
 
 import functools
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -61,11 +61,11 @@ def _global_mean(x):
   return jnp.mean(x.astype(jnp.float32), axis=(-3, -2)).astype(x.dtype)
 
 
-def _stage_attention(kind, kwargs, index: int, dtype, param_dtype):
+def _stage_attention(kind, kwargs, name: str, dtype, param_dtype):
   """The attention module of one stage (None for none), with the model's dtypes."""
   options = {"dtype": dtype, "param_dtype": param_dtype,
              **STAGE_ATTENTION_DEFAULTS.get(kind, {}), **(kwargs or {})}
-  return make_attention(kind, name=f"attention_{index}", **options)
+  return make_attention(kind, name=name, **options)
 
 
 class AttentionNet(nn.Module):
@@ -151,8 +151,8 @@ class SmallCNN(nn.Module):
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
                          param_dtype=self.param_dtype, name=f"bn_{i}")(x)
       x = nn.relu(x)
-      attention = _stage_attention(self.attention, self.attention_kwargs, i, self.dtype,
-                                   self.param_dtype)
+      attention = _stage_attention(self.attention, self.attention_kwargs, f"attention_{i}",
+                                   self.dtype, self.param_dtype)
       if attention is not None:
         x = attention(x, train)
       if i < len(self.features) - 1:
@@ -160,43 +160,104 @@ class SmallCNN(nn.Module):
     return x
 
 
-class _BasicBlock(nn.Module):
-  """ResNet basic block; the stage attention sits on the residual branch before the add,
-  as in SE-ResNet and CBAM."""
-  features: int
-  strides: int
-  attention: nn.Module | None
-  conv: ModuleDef
-  norm: ModuleDef
+# torchvision pads 3x3 convs by 1 on every side; Flax's "SAME" pads a stride-2 conv of
+# an even size by (0, 1) and so samples other pixels.
+_PAD_3X3 = ((1, 1), (1, 1))
+
+
+class _Block(nn.Module):
+  """What the residual blocks share: the fields, and the end of the block.
+
+  The stage attention sits on the residual branch after its last BatchNorm, before the
+  add, as in SE-ResNet and the CBAM paper's ResNet-50 + CBAM. The shortcut is
+  torchvision's `downsample` (1x1 conv with the block's stride, BatchNorm) when the
+  block changes the shape, else the identity.
+
+  Attributes:
+    planes: channels of the block's 3x3 conv; the block outputs `planes * expansion`.
+    strides: stride of the block (2 in the first block of stages 2-4).
+    attention: builds the attention module from its name (None: no attention).
+    conv: conv class with the model's dtypes.
+    norm: BatchNorm class with the model's dtypes and mode.
+  """
+  planes: int
+  strides: int = 1
+  attention: Callable[[str], nn.Module | None] | None = None
+  conv: ModuleDef = Conv
+  norm: ModuleDef = nn.BatchNorm
+  expansion: ClassVar[int] = 1
+
+  def _residual_sum(self, x, branch, train: bool):
+    """relu(shortcut(x) + attention(branch))."""
+    attention = self.attention("attention") if self.attention else None
+    if attention is not None:
+      branch = attention(branch, train)
+    if x.shape != branch.shape:
+      x = self.conv(branch.shape[-1], (1, 1), (self.strides, self.strides), padding="VALID",
+                    use_bias=False, name="downsample_0")(x)
+      x = self.norm(name="downsample_1")(x)
+    return nn.relu(x + branch)
+
+
+class BasicBlock(_Block):
+  """torchvision's `BasicBlock`: conv3x3(stride)-BN-ReLU-conv3x3-BN, attention, + shortcut, ReLU.
+
+  The last BatchNorm's scale starts at 0, so each block starts as the identity
+  (Goyal et al. 2017; torchvision's `zero_init_residual=True`).
+  """
+  expansion: ClassVar[int] = 1
 
   @nn.compact
   def __call__(self, x, train: bool):
-    residual = x
-    y = self.conv(self.features, (3, 3), (self.strides, self.strides), padding="SAME",
-                  use_bias=False, name="conv_0")(x)
-    y = nn.relu(self.norm(name="bn_0")(y))
-    y = self.conv(self.features, (3, 3), padding="SAME", use_bias=False, name="conv_1")(y)
-    y = self.norm(name="bn_1", scale_init=nn.initializers.zeros)(y)
-    if self.attention is not None:
-      y = self.attention(y, train)
-    if residual.shape != y.shape:
-      residual = self.conv(self.features, (1, 1), (self.strides, self.strides),
-                           use_bias=False, name="conv_proj")(residual)
-      residual = self.norm(name="bn_proj")(residual)
-    return nn.relu(residual + y)
+    """Args: x: `(..., H, W, C)`; train: BatchNorm mode. Returns `(..., H/s, W/s, planes)`."""
+    y = self.conv(self.planes, (3, 3), (self.strides, self.strides),
+                  padding=_PAD_3X3, use_bias=False, name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y))
+    y = self.conv(self.planes, (3, 3), padding=_PAD_3X3, use_bias=False,
+                  name="conv2")(y)
+    y = self.norm(name="bn2", scale_init=nn.initializers.zeros)(y)
+    return self._residual_sum(x, y, train)
+
+
+class Bottleneck(_Block):
+  """torchvision's `Bottleneck` (ResNet v1.5, stride on the 3x3 conv): conv1x1-BN-ReLU,
+  conv3x3(stride)-BN-ReLU, conv1x1 to `4 * planes`-BN, attention, + shortcut, ReLU.
+
+  The last BatchNorm's scale starts at 0, as in `BasicBlock`.
+  """
+  expansion: ClassVar[int] = 4
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    """Args: x: `(..., H, W, C)`; train: BatchNorm mode. Returns `(..., H/s, W/s, 4 planes)`."""
+    y = self.conv(self.planes, (1, 1), use_bias=False, name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y))
+    y = self.conv(self.planes, (3, 3), (self.strides, self.strides),
+                  padding=_PAD_3X3, use_bias=False, name="conv2")(y)
+    y = nn.relu(self.norm(name="bn2")(y))
+    y = self.conv(self.planes * self.expansion, (1, 1), use_bias=False, name="conv3")(y)
+    y = self.norm(name="bn3", scale_init=nn.initializers.zeros)(y)
+    return self._residual_sum(x, y, train)
 
 
 STEMS = ("imagenet", "small")
 
 
 class ResNet(nn.Module):
-  """ResNet with basic blocks (ResNet-18: (2, 2, 2, 2), ResNet-34: (3, 4, 6, 3)).
+  """ResNet laid out as torchvision's, so that its weights load by name (see
+  `regionatt_jax.pytorch.from_torchvision`).
+
+  Submodules carry torchvision's names with `_` for `.` before an index: `conv1`, `bn1`,
+  `layer1_0` ... `layer4_2` (blocks), inside a block `conv1`, `bn1`, ..., `downsample_0`
+  (conv) and `downsample_1` (BatchNorm), and the stage attention `attention`. BatchNorm
+  has torchvision's eps 1e-5 and momentum 0.1 (Flax's `momentum=0.9`: the share kept).
 
   Attributes:
-    stage_sizes: blocks per stage.
-    width: channels of the first stage (doubled per stage).
-    stem: `"imagenet"` (7x7/2 conv + 3x3/2 max pool) or `"small"` (3x3/1 conv, for
-      small images such as 32x32 or 64x64).
+    stage_sizes: blocks per stage ((2, 2, 2, 2) in ResNet-18, (3, 4, 6, 3) in ResNet-34/50).
+    block: `BasicBlock` or `Bottleneck`.
+    width: `planes` of the first stage (doubled per stage).
+    stem: `"imagenet"` (7x7/2 conv + 3x3/2 max pool, torchvision's, needed to load its
+      weights) or `"small"` (3x3/1 conv, no pool, for small images such as 32x32 or 64x64).
     attention: per-block attention name for `make_attention`, or None.
     attention_kwargs: options for it.
     conv: conv class.
@@ -204,6 +265,7 @@ class ResNet(nn.Module):
     param_dtype: parameter dtype.
   """
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
+  block: ModuleDef = BasicBlock
   width: int = 64
   stem: str = "small"
   attention: str | None = None
@@ -226,31 +288,36 @@ class ResNet(nn.Module):
     """Args: x: `(..., H, W, C)`; train: BatchNorm mode. Returns the last feature map."""
     conv = functools.partial(self.conv, dtype=self.dtype, param_dtype=self.param_dtype)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             dtype=self.dtype, param_dtype=self.param_dtype)
+                             epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype)
     if self.stem == "imagenet":
-      x = conv(self.width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], use_bias=False,
-               name="stem_conv")(x)
-      x = nn.relu(norm(name="stem_bn")(x))
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+      x = conv(self.width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
+               name="conv1")(x)
+      x = nn.relu(norm(name="bn1")(x))
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     else:
-      x = conv(self.width, (3, 3), padding="SAME", use_bias=False, name="stem_conv")(x)
-      x = nn.relu(norm(name="stem_bn")(x))
-    index = 0
+      x = conv(self.width, (3, 3), padding=_PAD_3X3, use_bias=False, name="conv1")(x)
+      x = nn.relu(norm(name="bn1")(x))
+    attention = None
+    if self.attention not in (None, "none"):
+      attention = functools.partial(_stage_attention, self.attention, self.attention_kwargs,
+                                    dtype=self.dtype, param_dtype=self.param_dtype)
     for stage, blocks in enumerate(self.stage_sizes):
-      for block in range(blocks):
-        attention = _stage_attention(self.attention, self.attention_kwargs, index,
-                                     self.dtype, self.param_dtype)
-        x = _BasicBlock(self.width * 2**stage, 2 if stage > 0 and block == 0 else 1,
-                        attention, conv, norm, name=f"block_{index}")(x, train)
-        index += 1
+      for index in range(blocks):
+        x = self.block(self.width * 2**stage, 2 if stage > 0 and index == 0 else 1,
+                       attention, conv, norm, name=f"layer{stage + 1}_{index}")(x, train)
     return x
 
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2))
 ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3))
+ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block=Bottleneck)
+ResNet101 = functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), block=Bottleneck)
+ResNet152 = functools.partial(ResNet, stage_sizes=(3, 8, 36, 3), block=Bottleneck)
 
+#: Backbones by name; the ResNets are torchvision's architectures of the same name.
 BACKBONES: Mapping[str, ModuleDef] = {
-    "small_cnn": SmallCNN, "resnet18": ResNet18, "resnet34": ResNet34}
+    "small_cnn": SmallCNN, "resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50,
+    "resnet101": ResNet101, "resnet152": ResNet152}
 
 
 #: Heads of `RegionAttentionClassifier` (or None).
@@ -267,7 +334,9 @@ class RegionAttentionClassifier(nn.Module):
 
   Attributes:
     num_classes: number of classes.
-    backbone: `"small_cnn"`, `"resnet18"`, `"resnet34"`.
+    backbone: a key of `BACKBONES` (`"small_cnn"`, `"resnet18"`, `"resnet34"`,
+      `"resnet50"`, ...). With `backbone_kwargs={"stem": "imagenet"}`, `head=None` and
+      no attention a ResNet classifier is torchvision's model of that name.
     backbone_kwargs: options of the backbone (e.g. `features=(32, 64, 128)`, `stem=...`).
     attention: per-stage attention name (see `make_attention`), or None.
     attention_kwargs: options of the per-stage attention.

@@ -9,6 +9,7 @@ Every key a run can set lives in `base_config()`; experiment files in
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Mapping
 
 import ml_collections
@@ -37,6 +38,10 @@ def base_config() -> ml_collections.ConfigDict:
   # `num_classes` and `dtype` come from the dataset and `train.compute_dtype`. A region
   # head's scorer is named in `kwargs.head_kwargs.scorer` (e.g. "gated").
   config.model.kwargs = ml_collections.ConfigDict()
+  # A torchvision/timm ResNet state_dict (.pth, .pt or .safetensors) to start the
+  # backbone from ('' = random init); its architecture must be model.kwargs.backbone
+  # with backbone_kwargs.stem 'imagenet'. Attention modules and the head start fresh.
+  config.model.pretrained = ""
 
   config.train = ml_collections.ConfigDict()
   config.train.steps = 1000
@@ -70,6 +75,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Micro-batches per optimizer update (optax.MultiSteps). `train.steps` counts
   # micro-batches of `train.global_batch_size` examples.
   config.optim.grad_accum_steps = 1
+  # The backbone's own parameters (not the attention modules inside it) learn at this
+  # multiple of the learning rate, e.g. 0.1 when fine-tuning a pretrained backbone.
+  config.optim.backbone_lr_multiplier = 1.0
 
   config.mesh = ml_collections.ConfigDict()
   # Devices along the 'model' axis; the rest form the 'data' axis.
@@ -85,6 +93,7 @@ _POSITIVE_INTS = (
 _NON_NEGATIVE = (
     "train.keep_best", "train.num_figures", "optim.warmup_steps",
     "optim.weight_decay", "optim.clip_norm", "optim.end_learning_rate_ratio",
+    "optim.backbone_lr_multiplier",
 )
 # Constructor arguments, checked against the constructor by `regionatt_jax.nn.build_model`.
 _FREE_FORM = ("model.kwargs",)
@@ -163,6 +172,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
   for name, choices in _CHOICES.items():
     if _get(config, name) not in choices:
       raise ValueError(f"Config key {name!r} must be one of {choices}, got {_get(config, name)!r}.")
+  _check_pretrained(config.model.pretrained)
   if config.train.steps % config.optim.grad_accum_steps:
     raise ValueError(
         f"Config key 'train.steps' ({config.train.steps}) must be a multiple of "
@@ -180,3 +190,19 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
         raise ValueError(
             f"Config key {name!r} ({batch}) must be divisible by the number of {what} "
             f"({parts}); use a multiple of {parts}.")
+
+
+#: The file types `model.pretrained` may name: `torch.save`d state_dicts, safetensors.
+PRETRAINED_SUFFIXES = (".pth", ".pt", ".safetensors")
+
+
+def _check_pretrained(path: str) -> None:
+  """A set `model.pretrained` names an existing file of a readable type (its contents are
+  checked when the train state is created)."""
+  if not path:
+    return
+  if not path.endswith(PRETRAINED_SUFFIXES):
+    raise ValueError(f"Config key 'model.pretrained' must be a {' / '.join(PRETRAINED_SUFFIXES)} "
+                     f"file, got {path!r}.")
+  if not os.path.isfile(os.path.expanduser(path)):
+    raise ValueError(f"Config key 'model.pretrained': no file {path!r}.")

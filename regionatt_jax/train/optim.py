@@ -26,6 +26,25 @@ def decay_mask(params: Any) -> Any:
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
+def backbone_mask(params: Any) -> Any:
+  """True on the backbone's own parameters: those under `params["backbone"]` outside the
+  attention modules inside it (`attention`, `attention_<i>`), which a fine-tuned model
+  adds to a pretrained backbone.
+
+  Raises:
+    ValueError: `params` has no "backbone".
+  """
+  if "backbone" not in params:
+    raise ValueError(f"Config key 'optim.backbone_lr_multiplier' needs a model with a "
+                     f"'backbone' submodule; its parameters have {sorted(params)}.")
+
+  def own(path, _):
+    names = [entry.key for entry in path]
+    return names[0] == "backbone" and not any(n.startswith("attention") for n in names)
+
+  return jax.tree_util.tree_map_with_path(own, params)
+
+
 def make_schedule(optim: ml_collections.ConfigDict, num_updates: int) -> optax.Schedule:
   """Linear warmup to `optim.learning_rate`, then cosine decay or constant.
 
@@ -62,6 +81,10 @@ def make_optimizer(config: ml_collections.ConfigDict) -> Optimizer:
     core = optax.chain(
         optax.add_decayed_weights(optim.weight_decay, mask=decay_mask),
         optax.sgd(schedule, momentum=optim.momentum))
+  if optim.backbone_lr_multiplier != 1:
+    # Scaling the updates scales the learning rate, decoupled weight decay included.
+    core = optax.chain(core, optax.masked(optax.scale(optim.backbone_lr_multiplier),
+                                          backbone_mask))
   clip = optax.clip_by_global_norm(optim.clip_norm) if optim.clip_norm > 0 else optax.identity()
   tx = optax.chain(clip, core)
   if accum > 1:

@@ -13,6 +13,7 @@ import optax
 from jax.sharding import Mesh
 
 from regionatt_jax.train import optim as optim_lib
+from regionatt_jax.train import pretrained as pretrained_lib
 from regionatt_jax.train import sharding as sharding_lib
 
 
@@ -46,30 +47,18 @@ class TrainState:
                 opt_state=self.opt_state, rng=self.rng)
 
 
-def create_train_state(config: ml_collections.ConfigDict, model: nn.Module, rng: jax.Array,
-                       input_shape: Sequence[int], *, mesh: Mesh | None = None) -> TrainState:
-  """Initializes model and optimizer, placing each leaf with its mesh sharding.
-
-  Every process computes the same state from the same `rng`, so hosts agree without
-  communicating.
-
-  Args:
-    config: the run's configuration (uses `optim`, `train.steps`, `mesh`).
-    model: a Flax module called as `model.apply(variables, x, train=...)`.
-    rng: `(2,)` uint32 key.
-    input_shape: `(B, H, W, C)` shape of an input batch (B may be 1).
-    mesh: where the state lives; default: all devices, `config.mesh.model_axis_size`.
-
-  Returns:
-    The initial `TrainState` at step 0.
-  """
-  mesh = mesh or sharding_lib.make_mesh(config.mesh.model_axis_size)
+def _initializer(config: ml_collections.ConfigDict, model: nn.Module,
+                 input_shape: Sequence[int]) -> Callable[[jax.Array, Any], TrainState]:
+  """`init(key, pretrained)`: the step-0 state; `pretrained` (or None) holds variables
+  that `pretrained_lib.merge_pretrained` puts over the initialized ones."""
   optimizer = optim_lib.make_optimizer(config)
 
-  def init(key: jax.Array) -> TrainState:
+  def init(key: jax.Array, pretrained: Any) -> TrainState:
     init_rng, state_rng = jax.random.split(key)
     variables = model.init({"params": init_rng, "dropout": init_rng},
                            jnp.zeros(tuple(input_shape), jnp.float32), train=False)
+    if pretrained is not None:
+      variables = pretrained_lib.merge_pretrained(variables, pretrained).variables
     params = variables["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params,
@@ -77,15 +66,48 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module, rng:
         opt_state=optimizer.tx.init(params), rng=state_rng,
         apply_fn=model.apply, tx=optimizer.tx, learning_rate=optimizer.learning_rate)
 
-  shardings = sharding_lib.state_sharding(jax.eval_shape(init, rng), mesh)
-  return jax.jit(init, out_shardings=shardings)(rng)
+  return init
+
+
+def create_train_state(config: ml_collections.ConfigDict, model: nn.Module, rng: jax.Array,
+                       input_shape: Sequence[int], *, mesh: Mesh | None = None) -> TrainState:
+  """Initializes model and optimizer, placing each leaf with its mesh sharding.
+
+  Every process computes the same state from the same `rng`, so hosts agree without
+  communicating. With `config.model.pretrained` the backbone starts from that file
+  (see `pretrained_lib.load_pretrained_backbone`); the rest as initialized.
+
+  Args:
+    config: the run's configuration (uses `optim`, `train.steps`, `mesh`,
+      `model.pretrained`).
+    model: a Flax module called as `model.apply(variables, x, train=...)`.
+    rng: `(2,)` uint32 key.
+    input_shape: `(B, H, W, C)` shape of an input batch (B may be 1).
+    mesh: where the state lives; default: all devices, `config.mesh.model_axis_size`.
+
+  Returns:
+    The initial `TrainState` at step 0.
+
+  Raises:
+    ValueError: a `model.pretrained` file that cannot be read or does not fit the model,
+      naming the file and the first offending key.
+  """
+  mesh = mesh or sharding_lib.make_mesh(config.mesh.model_axis_size)
+  pretrained = None
+  if config.model.pretrained:
+    pretrained, _ = pretrained_lib.load_pretrained_backbone(
+        config.model.pretrained, model, input_shape)
+  init = _initializer(config, model, input_shape)
+  shardings = sharding_lib.state_sharding(jax.eval_shape(init, rng, pretrained), mesh)
+  return jax.jit(init, out_shardings=shardings)(rng, pretrained)
 
 
 def abstract_train_state(config: ml_collections.ConfigDict, model: nn.Module,
                          input_shape: Sequence[int], mesh: Mesh) -> TrainState:
-  """Shapes, dtypes and shardings of `create_train_state`'s result, without computing it."""
-  rng = jax.random.PRNGKey(0)
-  abstract = jax.eval_shape(lambda r: create_train_state(config, model, r, input_shape, mesh=mesh), rng)
+  """Shapes, dtypes and shardings of `create_train_state`'s result, without computing it
+  (or reading a pretrained file: it changes values, not shapes)."""
+  abstract = jax.eval_shape(_initializer(config, model, input_shape), jax.random.PRNGKey(0),
+                            None)
   shardings = sharding_lib.state_sharding(abstract, mesh)
   return jax.tree.map(
       lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),

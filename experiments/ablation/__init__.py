@@ -1,0 +1,11 @@
+r"""The ablation: trains the table of `experiments/configs/ablation.py` x seeds, measures
+each run and writes RESULTS.md.
+
+    python -m experiments.ablation --out runs/ablation            # the real run
+    python -m experiments.ablation --smoke --out /tmp/smoke       # one tiny step per row
+    python -m experiments.ablation --out runs/ablation --report_only
+
+Modules: `run` (datasets, one run per (row, seed) in worker processes, per-run locks),
+`measure` (what the training job does not measure, from a run's checkpoint), `report`
+(metrics.json, tables, figures, RESULTS.md); the command line is `__main__`.
+"""

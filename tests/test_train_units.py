@@ -92,6 +92,8 @@ def test_build_model_names_unknown_model_and_field():
     ra_nn.build_model({"name": "MILClassifier", "kwargs": {"featurs": 4}}, 3)
   with pytest.raises(ValueError, match="'model.name'.*ResNet9000"):
     ra_nn.build_model({"name": "ResNet9000"}, 3)
+  with pytest.raises(TypeError, match="'model.name' must be a str.*list"):
+    ra_nn.build_model({"name": ["MILClassifier"]}, 3)
 
 
 # --- optimizer --------------------------------------------------------------------

@@ -488,9 +488,7 @@ def build_model(model_config: Mapping[str, Any], num_classes: int,
   Raises:
     ValueError: an unknown model name or constructor argument, naming the config key.
   """
-  name = model_config["name"]
-  if name not in MODELS:
-    raise ValueError(f"Config key 'model.name' must be one of {sorted(MODELS)}, got {name!r}.")
+  name = _checks.choice(model_config["name"], "Config key 'model.name'", MODELS)
   kwargs = model_config.get("kwargs") or {}
   kwargs = _tuples(kwargs.to_dict() if hasattr(kwargs, "to_dict") else dict(kwargs))
   check_fields(MODELS[name], kwargs, "model.kwargs")

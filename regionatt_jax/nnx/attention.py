@@ -256,7 +256,7 @@ class RegionAttention(nnx.Module):
                normalize: str = "softmax", aggregate: str = "sum", temperature: float = 1.0,
                dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
     check_like(linen_region.RegionAttention, locals())
-    as_tuple = lambda v: None if v is None else tuple(v)
+    as_tuple = lambda v: tuple(v) if isinstance(v, Sequence) else v  # an int is (v, v)
     self.grid, self.size, self.stride = as_tuple(grid), as_tuple(size), as_tuple(stride)
     self.pad, self.normalize, self.aggregate = pad, normalize, aggregate
     self.temperature = temperature
@@ -344,7 +344,7 @@ class AttentionPooling(nnx.Module):
 
   def __init__(self, in_features: int | None, kind: str = "attention", hidden: int = 64, *,
                dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
-    check_like(linen_pooling.AttentionPooling, locals())
+    check_like(linen_pooling.AttentionPooling, locals(), optional_width=True)
     self.kind, self.dtype = kind, dtype
     scored = kind in ("attention", "gated")
     if scored and in_features is None:
@@ -430,10 +430,9 @@ class EfficientChannelAttention(_Gate):
   def __init__(self, in_features: int | None, kernel_size: int | None = None,
                gamma: float = 2.0, b: float = 1.0, *, dtype: Dtype | None = None,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
-    check_like(linen_channel.EfficientChannelAttention, locals())
+    check_like(linen_channel.EfficientChannelAttention, locals(),
+               optional_width=kernel_size is not None)
     k = kernel_size or linen_channel.eca_kernel_size(in_features, gamma, b)
-    if k < 1 or k % 2 == 0:
-      raise ValueError(f"EfficientChannelAttention: kernel_size must be a positive odd int, got {k}")
     self.dtype = dtype
     self.conv = nnx.Conv(1, 1, (k,), padding="SAME", use_bias=False, dtype=dtype,
                          param_dtype=param_dtype, rngs=rngs)
@@ -454,7 +453,7 @@ class SpatialAttention(_Gate):
 
   def __init__(self, in_features: int | None = None, kernel_size: int = 7, *,
                dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
-    check_like(linen_channel.SpatialAttention, locals())
+    check_like(linen_channel.SpatialAttention, locals(), optional_width=True)
     del in_features
     self.dtype = dtype
     self.conv = nnx.Conv(2, 1, (kernel_size, kernel_size), padding="SAME", use_bias=False,
@@ -558,11 +557,11 @@ def make_attention(kind: str | None, in_features: int, /, *, rngs: nnx.Rngs,
   Returns:
     The module, or None.
   """
-  if kind is None or kind == "none":
+  if kind is None:
     return None
-  if kind not in ATTENTIONS:
-    raise ValueError(f"make_attention: unknown attention kind {kind!r}; need one of "
-                     f"{sorted(ATTENTIONS)} or None")
+  linen_factory.check_kind(kind, "make_attention: kind")
+  if kind == "none":
+    return None
   module = ATTENTIONS[kind]
   kwargs = _scorer_by_name(kind, in_features, dict(kwargs), rngs)
   try:

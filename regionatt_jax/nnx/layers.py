@@ -18,11 +18,13 @@ from regionatt_jax.nn import functional
 Dtype = Any
 
 
-def check_like(linen_class, arguments: Mapping[str, Any]) -> None:
+def check_like(linen_class, arguments: Mapping[str, Any], *,
+               optional_width: bool = False) -> None:
   """Checks an NNX constructor's `arguments` (its `locals()`) with the construction-time
   checks of its Linen twin `linen_class`, whose attributes have the same names, and its
-  `in_features` (the one argument Linen has no attribute for) where one is given."""
-  if arguments.get("in_features") is not None:
+  input width `in_features` (which Linen infers): a positive int, or None where
+  `optional_width`."""
+  if not (optional_width and arguments["in_features"] is None):
     _checks.integer(arguments["in_features"], f"{linen_class.__name__}: in_features")
   linen_class._check_attributes(types.SimpleNamespace(**arguments))  # pylint: disable=protected-access
 

@@ -35,7 +35,11 @@ def _stage_attention(kind, kwargs, in_features: int, dtype, param_dtype, rngs):
   """The NNX attention module of one stage (None for none), with the model's dtypes."""
   options = {"dtype": dtype, "param_dtype": param_dtype,
              **linen_models.STAGE_ATTENTION_DEFAULTS.get(kind, {}), **(kwargs or {})}
-  return make_attention(kind, in_features, rngs=rngs, **options)
+  try:
+    return make_attention(kind, in_features, rngs=rngs, **options)
+  except (ValueError, TypeError) as error:  # built here, so say which options made it
+    raise type(error)(f"attention={kind!r} with attention_kwargs={kwargs!r} on a stage of "
+                      f"width {in_features}: {error}") from error
 
 
 class AttentionNet(nnx.Module):

@@ -8,12 +8,15 @@ subprocesses:
   python -m tests.multihost_worker steps OUT.npz --process_id=i --num_processes=2 \
       --port=P     # one per process; CPU collectives through gloo
   python -m tests.multihost_worker loop WORKDIR --data_dir=D --process_id=i ...
+  XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m tests.multihost_worker \
+      loop WORKDIR --data_dir=D --hosts=2   # one process reading both hosts' shards
 
 `train_few_steps` is also what the tests run in their own single-device process as
 the reference.
 """
 
 import argparse
+import hashlib
 import json
 import sys
 
@@ -21,6 +24,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from regionatt_jax import data
 from regionatt_jax.train import config as config_lib
 from regionatt_jax.train import sharding as sharding_lib
 from regionatt_jax.train import state as state_lib
@@ -81,6 +85,47 @@ def _devices(out: str) -> None:
   print(json.dumps({"batch_error": batch_error, "model_split_leaves": split_leaves}))
 
 
+def record_train_examples(path: str, hosts: int | None = None) -> None:
+  """Patches `data.make_iterator` so that the train split's examples are recorded.
+
+  Each batch's images are written to `path` as one line of per-example SHA-1 digests.
+  With `hosts`, this one process reads the shards of `hosts` hosts (as
+  `process_index=i, process_count=hosts` would) and concatenates them in host order,
+  which is how a multi-host run lays out its global batch.
+  """
+  make_iterator = data.make_iterator
+
+  class Recorded:
+    """The train iterator(s); `get_state` is the first host's (these runs do not resume)."""
+
+    def __init__(self, shards):
+      self.shards = shards
+
+    def __iter__(self):
+      return self
+
+    def __next__(self):
+      parts = [next(shard) for shard in self.shards]
+      batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+      with open(path, "a") as f:
+        f.write(json.dumps([hashlib.sha1(image.tobytes()).hexdigest()
+                            for image in batch["image"]]) + "\n")
+      return batch
+
+    def get_state(self):
+      return self.shards[0].get_state()
+
+  def recorded(name, split, **kwargs):
+    if split != "train":
+      return make_iterator(name, split, **kwargs)
+    if hosts is None:
+      return Recorded([make_iterator(name, split, **kwargs)])
+    return Recorded([make_iterator(name, split, process_index=i, process_count=hosts,
+                                   **kwargs) for i in range(hosts)])
+
+  data.make_iterator = recorded
+
+
 def main(argv) -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("mode", choices=["devices", "steps", "loop"])
@@ -89,6 +134,7 @@ def main(argv) -> None:
   parser.add_argument("--num_processes", type=int, default=1)
   parser.add_argument("--port", type=int, default=0)
   parser.add_argument("--data_dir", default="")
+  parser.add_argument("--hosts", type=int, default=None)
   args = parser.parse_args(argv)
   if args.num_processes > 1:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -105,6 +151,7 @@ def main(argv) -> None:
     config.dataset.data_dir = args.data_dir
     config.train.update(steps=4, global_batch_size=16, log_every=2, eval_every=4,
                         num_figures=2)
+    record_train_examples(f"{args.out}.examples.{jax.process_index()}", args.hosts)
     summary = loop.train_and_evaluate(config, args.out)
     print("SUMMARY " + json.dumps(summary))
   if args.num_processes > 1:

@@ -19,9 +19,7 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from regionatt_jax import data
@@ -114,12 +112,7 @@ def unfinished_saves(workdir: str) -> list[int]:
 
 
 def checkpoint_state(workdir: str, step: int = STEPS) -> dict[str, np.ndarray]:
-  """Every leaf of the train state in checkpoint `step`, by path."""
-  state = ocp.StandardCheckpointer().restore(
-      os.path.join(workdir, "checkpoints", str(step), "state"))
-  flat, _ = jax.tree_util.tree_flatten_with_path(state)
-  return {jax.tree_util.keystr(path, simple=True, separator="/"): np.asarray(leaf)
-          for path, leaf in flat}
+  return helpers.checkpoint_state(workdir, step)
 
 
 def logged_metrics(workdir: str) -> list[dict]:

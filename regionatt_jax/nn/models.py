@@ -56,12 +56,13 @@ def _stage_attention(kind, kwargs, name: str, dtype, param_dtype):
 
 
 class AttentionNet(nn.Module):
-  """The seed network of region attention, fixed so that it runs and classifies.
+  """The seed network of region attention, fixed so that it runs and learns.
 
   conv 3x3 C->64, ReLU, conv 3x3 64->128, ReLU; attention map `m = sigmoid(conv1x1
-  128->1)`; features * m; conv 1x1 128->num_classes; global average pool -> logits.
-  The map `(B, H, W)` is sown as `attention_map`. `docs/attention_net.md` sets it beside
-  the network as first printed and says what was changed and why.
+  128->1)`; features * m; global average pool; BatchNorm; Dense -> logits. The map
+  `(B, H, W)` is sown as `attention_map`. `docs/attention_net.md` sets it beside the
+  network as first printed and says what was changed and why (the BatchNorm on the
+  pooled features is what lets it learn).
 
   Attributes:
     num_classes: number of classes.
@@ -78,29 +79,43 @@ class AttentionNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    """Args: x: `(..., H, W, C)` images; train: unused (no BatchNorm). Returns float32 `(..., classes)`."""
-    del train
+    """Args: x: `(..., H, W, C)` images; train: BatchNorm mode. Returns float32 `(..., classes)`."""
     x = _image(x, "AttentionNet", min_rank=3)
     conv = functools.partial(self.conv, dtype=self.dtype, param_dtype=self.param_dtype)
     for i, width in enumerate(self.features):
       x = nn.relu(conv(width, (3, 3), padding="SAME", name=f"conv_{i}")(x))
     attention = nn.sigmoid(conv(1, (1, 1), name="attention")(x))[..., 0]
     self.sow("intermediates", ATTENTION_MAP, attention)
-    x = x * attention[..., None].astype(x.dtype)
-    logits = _global_mean(conv(self.num_classes, (1, 1), name="classifier")(x))
+    pooled = _global_mean(x * attention[..., None].astype(x.dtype))
+    # Most pixels are background, so the pooled features are a large image-independent
+    # part plus a small image-dependent one; BatchNorm removes the first and scales up
+    # the second, which a classifier on the raw pool cannot learn from.
+    pooled = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
+                          param_dtype=self.param_dtype, name="norm")(pooled)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                      name="classifier")(pooled)
     return logits.astype(jnp.float32)
 
 
-class SmallCNN(nn.Module):
-  """Stages of conv 3x3 -> BatchNorm -> ReLU -> attention, 2x2 max pool between stages.
+#: Where `SmallCNN` puts its stage attention (see `SmallCNN`).
+PLACEMENTS = ("path", "residual")
 
-  With the default (32, 64, 128) a 64x64 input leaves a 16x16x128 feature map.
+
+class SmallCNN(nn.Module):
+  """Stages of convolutions with BatchNorm and attention, 2x2 max pool between stages.
+
+  `placement="path"` (the default): each stage is conv 3x3 -> BatchNorm -> ReLU ->
+  attention, so the attention gates the network's only signal path. `"residual"`: each
+  stage is a `BasicBlock` (conv-BN-ReLU-conv-BN, attention on that branch before the
+  add, identity or 1x1-conv shortcut, ReLU), the placement of SE-ResNet and the CBAM
+  paper. With the default (32, 64, 128) a 64x64 input leaves a 16x16x128 feature map.
 
   Attributes:
     features: width of each stage.
     attention: per-stage attention name for `make_attention`, or None.
     attention_kwargs: options for it (see `STAGE_ATTENTION_DEFAULTS`).
-    batch_norm: use BatchNorm after each conv.
+    placement: `"path"` or `"residual"` (`PLACEMENTS`).
+    batch_norm: use BatchNorm after each conv (`placement="residual"` needs it).
     conv: conv class.
     dtype: compute dtype.
     param_dtype: parameter dtype.
@@ -108,6 +123,7 @@ class SmallCNN(nn.Module):
   features: Sequence[int] = (32, 64, 128)
   attention: str | None = None
   attention_kwargs: Mapping[str, Any] | None = None
+  placement: str = "path"
   batch_norm: bool = True
   conv: ModuleDef = Conv
   dtype: Dtype | None = None
@@ -116,17 +132,26 @@ class SmallCNN(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     """Args: x: `(..., H, W, C)`; train: BatchNorm mode. Returns `(..., H/2^(S-1), W/2^(S-1), F)`."""
+    _checks.choice(self.placement, "SmallCNN: placement", PLACEMENTS)
+    if self.placement == "residual" and not self.batch_norm:
+      raise ValueError("SmallCNN: placement='residual' needs batch_norm=True, got False")
+    attention = functools.partial(_stage_attention, self.attention, self.attention_kwargs,
+                                  dtype=self.dtype, param_dtype=self.param_dtype)
+    conv = functools.partial(self.conv, dtype=self.dtype, param_dtype=self.param_dtype)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                             dtype=self.dtype, param_dtype=self.param_dtype)
     for i, width in enumerate(self.features):
-      x = self.conv(width, (3, 3), padding="SAME", use_bias=not self.batch_norm,
-                    dtype=self.dtype, param_dtype=self.param_dtype, name=f"conv_{i}")(x)
-      if self.batch_norm:
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
-                         param_dtype=self.param_dtype, name=f"bn_{i}")(x)
-      x = nn.relu(x)
-      attention = _stage_attention(self.attention, self.attention_kwargs, f"attention_{i}",
-                                   self.dtype, self.param_dtype)
-      if attention is not None:
-        x = attention(x, train)
+      if self.placement == "residual":
+        x = BasicBlock(width, 1, attention, conv, norm, name=f"block_{i}")(x, train)
+      else:
+        x = conv(width, (3, 3), padding="SAME", use_bias=not self.batch_norm,
+                 name=f"conv_{i}")(x)
+        if self.batch_norm:
+          x = norm(name=f"bn_{i}")(x)
+        x = nn.relu(x)
+        stage_attention = attention(f"attention_{i}")
+        if stage_attention is not None:
+          x = stage_attention(x, train)
       if i < len(self.features) - 1:
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
     return x

@@ -36,9 +36,9 @@ def test_table_has_every_method_seeds_and_unique_keys():
     assert method in labels
   for module in ("SE", "ECA", "CBAM", "coordinate"):  # published placement, and the extra
     assert {f"{module} (residual)", f"{module} (on path)"} <= labels
-  poolings = {(row.name.split()[0], row.train_examples) for row in table.BAG_ROWS}
-  assert poolings == {(p, n) for p in ("attention", "gated", "mean", "max")
-                      for n in table.BAG_TRAIN_SIZES}
+  poolings = {(row.name.rsplit(" pooling")[0], row.train_examples) for row in table.BAG_ROWS}
+  assert poolings == {(p, n) for p in ("attention", "gated", "mean", "max", "mi-Net mean",
+                                       "mi-Net max") for n in table.BAG_TRAIN_SIZES}
   assert len(table.BAG_TRAIN_SIZES) >= 3
 
 
@@ -112,6 +112,10 @@ def test_bag_rows_read_their_own_training_set_size():
   assert config.dataset.name == "digit_bags/16px"
   assert config.dataset.data_dir == table.bag_data_dir("/data", 50)
   assert config.model.kwargs.pooling == row.name.split()[0]
+  assert "level" not in config.model.kwargs
+  mi_net = next(r for r in table.BAG_ROWS if r.name == "mi-Net max")
+  kwargs = table.make_config(mi_net, 0, data_dir="/data").model.kwargs
+  assert (kwargs.pooling, kwargs.level) == ("max", "instance")
   smoke = table.make_config(row, 0, data_dir="/data", smoke=True)
   assert smoke.dataset.name == "digit_bags/tiny" and smoke.dataset.data_dir == "/data"
 

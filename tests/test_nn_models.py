@@ -191,6 +191,39 @@ def test_mil_classifier_sows_instance_weights_respecting_the_mask():
   np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-6)
 
 
+@pytest.mark.parametrize("pooling", ["mean", "max"])
+def test_instance_level_mil_pools_instance_positive_probabilities(pooling):
+  """mi-Net: the bag's positive probability is the mean or max over its real instances of
+  each instance's own positive probability; the logits are (log(1 - P), log P)."""
+  model = rn.MILClassifier(2, features=(4,), embed_dim=8, pooling=pooling, level="instance")
+  x = jax.random.normal(jax.random.key(0), (2, 5, 6, 6, 1))
+  mask = np.array([[True, False, True, True, False], [True] * 5])
+  variables = model.init(jax.random.key(1), x, mask=mask)
+  logits, state = model.apply(variables, x, mask=mask, mutable=["intermediates"],
+                              capture_intermediates=lambda m, _: m.name == "classifier")
+  instance_logits = np.asarray(state["intermediates"]["classifier"]["__call__"][0])
+  positive = np.exp(instance_logits[..., 1]) / np.exp(instance_logits).sum(-1)  # (2, 5)
+  expected = [getattr(np, pooling)(p[m]) for p, m in zip(positive, mask)]
+  np.testing.assert_allclose(np.exp(logits[:, 1]), expected, rtol=1e-5)
+  np.testing.assert_allclose(np.exp(logits).sum(-1), 1.0, rtol=1e-5)
+  weights = np.asarray(rn.instance_weights(state))
+  np.testing.assert_array_equal(weights[~mask], 0.0)
+  if pooling == "max":  # the weight sits on the most positive real instance
+    top = [np.flatnonzero(m)[np.argmax(p[m])] for p, m in zip(positive, mask)]
+    np.testing.assert_array_equal(weights.argmax(-1), top)
+
+
+def test_instance_level_mil_learns_and_rejects_what_it_cannot_pool():
+  x, labels = _batch((8, 4, 6, 6, 1), 2)
+  model = rn.MILClassifier(2, features=(8,), embed_dim=16, pooling="max", level="instance")
+  first, last = _overfit(model, x, labels, steps=150)
+  assert last < first / 10, (first, last)
+  for kwargs in ({"num_classes": 3, "pooling": "max"}, {"num_classes": 2,
+                                                         "pooling": "attention"}):
+    with pytest.raises(ValueError, match="level='instance'"):
+      rn.MILClassifier(features=(4,), level="instance", **kwargs).init(jax.random.key(0), x)
+
+
 def test_conv_class_is_one_attribute():
   calls = []
 

@@ -332,7 +332,7 @@ def make_figures(out: str | None, summary: Mapping[str, Any], results_dir: str
   if bags:
     save("bags_auc.png", "Bag AUC by pooling and training-set size, mean ± std over seeds.",
          functools.partial(
-             viz.bar_chart, [f"{row.name.split()[0]} n={row.train_examples}" for row in bags],
+             viz.bar_chart, [_curve_label(row) for row in bags],
              [summary[row.key]["test_auc"]["mean"] for row in bags],
              [summary[row.key]["test_auc"]["std"] for row in bags],
              ylabel="test AUC", title="digit_bags/16px: mean ± std over seeds",

@@ -44,7 +44,8 @@ Tables:
              digit is a 4x smaller share of the image): plain CNN, region and
              multi-scale heads on a five-stage SmallCNN.
   bags       `digit_bags/16px` (multiple-instance learning, after Ilse et al., 2018):
-             attention / gated attention / mean / max pooling, each at several
+             attention / gated attention / mean / max pooling of instance embeddings,
+             and the instance-level mi-Net with mean / max pooling, each at several
              training-set sizes (`BAG_TRAIN_SIZES`).
 
 Each attention row is compared with the plain CNN of its own backbone (same widths,
@@ -323,9 +324,14 @@ def baseline_of(row: Row, rows: Sequence[Row]) -> Row | None:
 
 
 BAG_POOLINGS = ("attention", "gated", "mean", "max")
+#: Embedding-level pooling (attention MIL and MI-Net), then the instance-level mi-Net
+#: baselines of Ilse et al. (2018): each instance classified, its probabilities pooled.
 BAG_ROWS = tuple(
-    Row(f"{pooling} pooling", "bags", "pooling", f"pooling={pooling}", train_examples=size)
-    for size in BAG_TRAIN_SIZES for pooling in BAG_POOLINGS)
+    row for size in BAG_TRAIN_SIZES for row in (
+        *(Row(f"{pooling} pooling", "bags", "pooling", f"pooling={pooling}",
+              train_examples=size) for pooling in BAG_POOLINGS),
+        *(Row(f"mi-Net {pooling}", "bags", "pooling", f"pooling={pooling},level=instance",
+              train_examples=size) for pooling in ("mean", "max"))))
 
 ROWS = CLUTTERED_ROWS + HEAVY_ROWS + LARGE_ROWS + BAG_ROWS
 

@@ -368,11 +368,22 @@ class RegionAttentionClassifier(nn.Module):
     return logits.astype(jnp.float32)
 
 
-class MILClassifier(nn.Module):
-  """Multiple-instance classifier: instance CNN -> embedding -> `AttentionPooling` -> Dense.
+#: How `MILClassifier` classifies a bag: pool instance embeddings, then classify the
+#: bag ("embedding", MI-Net and attention MIL), or classify each instance, then pool
+#: their positive-class probabilities ("instance", mi-Net; Ilse et al., 2018, sec. 2.3).
+LEVELS = ("embedding", "instance")
 
-  The instance weights `(B, N)` are sown by the "pooling" submodule as
-  `instance_weights` (read them with `regionatt_jax.nn.instance_weights`).
+
+class MILClassifier(nn.Module):
+  """Multiple-instance classifier: instance CNN -> embedding -> pooling -> classifier.
+
+  `level="embedding"`: `AttentionPooling` of the embeddings, then Dense to the classes.
+  `level="instance"` (binary bags only, `num_classes=2`): Dense to 2 classes per
+  instance, `p_k` its positive-class probability, `P = pool_k p_k` (mean or max over
+  the real instances), bag logits `(log(1 - P), log P)`. The instance weights `(B, N)`
+  are sown by the "pooling" submodule as `instance_weights` (read them with
+  `regionatt_jax.nn.instance_weights`; instance-level max pooling: 1 on the most
+  positive instance).
 
   Attributes:
     num_classes: number of bag classes (1 for a single binary logit).
@@ -381,7 +392,9 @@ class MILClassifier(nn.Module):
       16x16 instance a receptive field of 15 px, the whole digit (see
       `docs/modules.md`).
     embed_dim: instance embedding width.
-    pooling: `"attention"`, `"gated"`, `"mean"` or `"max"`.
+    pooling: `"attention"`, `"gated"`, `"mean"` or `"max"` (instance level: `"mean"` or
+      `"max"`).
+    level: `"embedding"` or `"instance"` (`LEVELS`).
     hidden: width of the attention score.
     conv: conv class.
     dtype: compute dtype.
@@ -391,6 +404,7 @@ class MILClassifier(nn.Module):
   features: Sequence[int] = (16, 32, 64)
   embed_dim: int = 64
   pooling: str = "attention"
+  level: str = "embedding"
   hidden: int = 64
   conv: ModuleDef = Conv
   dtype: Dtype | None = None
@@ -408,13 +422,23 @@ class MILClassifier(nn.Module):
     Returns:
       `(B, num_classes)` logits, float32.
     """
+    _checks.choice(self.level, "MILClassifier: level", LEVELS)
+    if self.level == "instance" and (self.num_classes != 2 or self.pooling not in
+                                     ("mean", "max")):
+      raise ValueError(f"MILClassifier: level='instance' needs num_classes=2 and pooling "
+                       f"'mean' or 'max', got {self.num_classes} and {self.pooling!r}")
     x = _image(x, "MILClassifier", min_rank=4)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = SmallCNN(self.features, batch_norm=False, conv=self.conv, name="instance_cnn",
                  **kw)(x, train)
     h = nn.relu(nn.Dense(self.embed_dim, name="embed", **kw)(_global_mean(h)))
-    bag = AttentionPooling(self.pooling, self.hidden, name="pooling", **kw)(h, mask)
-    return nn.Dense(self.num_classes, name="classifier", **kw)(bag).astype(jnp.float32)
+    pooling = AttentionPooling(self.pooling, self.hidden, name="pooling", **kw)
+    classifier = nn.Dense(self.num_classes, name="classifier", **kw)
+    if self.level == "embedding":
+      return classifier(pooling(h, mask)).astype(jnp.float32)
+    positive = nn.softmax(classifier(h).astype(jnp.float32))[..., 1:]  # (B, N, 1)
+    bag = jnp.clip(pooling(positive, mask)[..., 0], 1e-7, 1 - 1e-7)
+    return jnp.stack([jnp.log1p(-bag), jnp.log(bag)], axis=-1)
 
 
 #: `config.model.name` -> model class.

@@ -5,8 +5,8 @@ A `Table` is a config file of `experiments/configs/` with an arg and the trainin
 `scorer=gated`, so each run is also a plain training job:
 
     python -m experiments.train --workdir runs/x \
-        --config experiments/configs/cluttered.py:canvas=128,scorer=gated \
-        --config.train.steps=350 --config.train.global_batch_size=32 ...
+        --config experiments/configs/cluttered.py:placement=residual,attention=cbam,head=none \
+        --config.train.steps=2000 --config.train.global_batch_size=32 ...
 
 Every row runs once per seed of its table (`Table.seeds`: 5 for cluttered_digits/64, 3
 for the others), each run evaluating on validation `CURVE_POINTS` times, which gives its

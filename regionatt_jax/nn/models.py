@@ -319,7 +319,8 @@ class RegionAttentionClassifier(nn.Module):
     backbone: a key of `BACKBONES` (`"small_cnn"`, `"resnet18"`, `"resnet34"`,
       `"resnet50"`, ...). With `backbone_kwargs={"stem": "imagenet"}`, `head=None` and
       no attention a ResNet classifier is torchvision's model of that name.
-    backbone_kwargs: options of the backbone (e.g. `features=(32, 64, 128)`, `stem=...`).
+    backbone_kwargs: options of the backbone (e.g. `features=(32, 64, 128)`,
+      `placement="residual"` for the small CNN, `stem=...` for a ResNet).
     attention: per-stage attention name (see `make_attention`), or None.
     attention_kwargs: options of the per-stage attention.
     head: `"region"`, `"multiscale"` or None (plain global average pooling).

@@ -62,6 +62,27 @@ def display_image(image) -> np.ndarray:
   return shown[..., 0] if shown.shape[-1] == 1 else shown
 
 
+def resize_map(attention, image_hw: Sequence[int]) -> np.ndarray:
+  """An `(h, w)` attention map stretched to `(H, W)` by nearest neighbour, for drawing it
+  on an image of another size (a model input resized from the original image).
+
+  Each output pixel takes the map value under its centre, so region maps stay
+  piecewise constant with their borders where the regions fall on the image.
+
+  Returns:
+    `(H, W)` float32.
+  """
+  attention = np.asarray(attention, np.float32)
+  if attention.ndim != 2:
+    raise ValueError(f"attention must be `(h, w)`, got shape {attention.shape}")
+  height, width = (int(v) for v in image_hw)
+  if min(height, width) < 1:
+    raise ValueError(f"image_hw must be positive, got {tuple(image_hw)}")
+  rows = ((np.arange(height) + 0.5) * attention.shape[0] / height).astype(int)
+  columns = ((np.arange(width) + 0.5) * attention.shape[1] / width).astype(int)
+  return attention[rows[:, None], columns[None, :]]
+
+
 def argmax_region(attention, grid: Sequence[int]) -> np.ndarray:
   """The box of the grid region with the largest mean attention.
 

@@ -72,16 +72,17 @@ def normalize(scores, kind: str = "softmax", mask=None, temperature=1.0):
       `"sparsemax"` (sums to 1, exact zeros), or `"none"` (the scores as they are).
     mask: optional boolean `(..., N)` (or broadcastable) mask of valid regions. Masked
       regions get weight exactly 0; a row with no valid region gets all zeros.
-    temperature: scores are divided by it first; a positive float or a scalar array.
+    temperature: scores are divided by it first; a finite number > 0 (Python, NumPy or
+      a 0-d array). Its value is checked unless it is traced under `jit`.
 
   Returns:
     `(..., N)` weights, in the dtype of `scores`. The arithmetic runs in float32 for
     float16/bfloat16 scores.
   """
   scores = _checks.float_array(scores, "scores", min_rank=1)
+  _checks.nonempty_axis(scores, "scores", -1, "region (N)")
   _checks.choice(kind, "kind", NORMALIZERS)
-  if isinstance(temperature, (int, float)) and not temperature > 0:
-    raise ValueError(f"temperature must be > 0, got {temperature!r}")
+  _checks.real_scalar(temperature, "temperature", positive=True)
   if mask is None:
     mask = jnp.ones((), bool)
   mask = jnp.broadcast_to(_checks.bool_array(mask, "mask", scores.shape), scores.shape)
@@ -108,6 +109,7 @@ def weight(regions, weights):
     `(..., N, h, w, C)` weighted regions.
   """
   regions = _checks.float_array(regions, "regions", min_rank=4)
+  _checks.nonempty_axis(regions, "regions", -4, "region (N)")
   weights = _checks.float_array(weights, "weights", min_rank=1)
   _check_weights(regions, weights)
   return regions * weights[..., None, None, None].astype(regions.dtype)
@@ -131,10 +133,14 @@ def aggregate(weighted, mode: str = "sum", *, grid=None, size=None, stride=None,
     `(..., h, w, C)` for `"sum"`/`"mean"`; `(..., H, W, C)` for `"reassemble"`.
   """
   weighted = _checks.float_array(weighted, "weighted", min_rank=4)
+  _checks.nonempty_axis(weighted, "weighted", -4, "region (N)")
   _checks.choice(mode, "mode", AGGREGATIONS)
   if mode == "reassemble":
-    return regions_lib.unpartition(weighted, grid, size=size, stride=stride,
-                                   image_shape=image_shape, pad=pad)
+    if grid is None and size is None:
+      raise ValueError("mode='reassemble' puts the regions back in place and needs their "
+                       "layout: pass grid= or size= (with image_shape= for windows)")
+    return regions_lib._unpartition(weighted, "weighted", grid, size=size, stride=stride,  # pylint: disable=protected-access
+                                    image_shape=image_shape, pad=pad)
   total = jnp.sum(weighted, axis=-4, dtype=_accumulation_dtype(weighted.dtype))
   if mode == "mean":
     total = total / weighted.shape[-4]
@@ -150,14 +156,15 @@ def per_region(region_fn: Callable[[jax.Array], jax.Array]) -> ScoreFn:
   Returns:
     A function `(..., N, h, w, C) -> (..., N)` applying `region_fn` to every region.
   """
+  _checks.function(region_fn, "region_fn", "a function of one region `(h, w, C)`")
   def score_fn(regions):
     regions = _checks.float_array(regions, "regions", min_rank=4)
     flat = regions.reshape((-1,) + regions.shape[-3:])
-    scores = jax.vmap(region_fn)(flat)
-    if scores.shape != flat.shape[:1]:
+    scores = _checks.called(jax.vmap(region_fn), "region_fn", flat)
+    if getattr(scores, "shape", None) != flat.shape[:1]:
       raise ValueError(
           f"region_fn must map one region of shape {flat.shape[1:]} to a scalar, got "
-          f"shape {scores.shape[1:]}")
+          + (f"shape {scores.shape[1:]}" if hasattr(scores, "shape") else repr(scores)))
     return scores.reshape(regions.shape[:-3])
   return score_fn
 
@@ -166,9 +173,11 @@ def per_region(region_fn: Callable[[jax.Array], jax.Array]) -> ScoreFn:
 _normalize, _aggregate = normalize, aggregate
 
 
-# Up to this many regions the weighted sum is unrolled into one elementwise loop; beyond,
-# the unrolled HLO compiles slowly and runs slower than XLA's reduction (measured by
-# experiments/benchmark_region_op.py: 2x faster at N=16, 1.5x at N=64, 2.6x slower at 256).
+# On XLA:CPU, up to this many regions the weighted sum is unrolled into one elementwise
+# loop; beyond, the unrolled HLO compiles slowly and runs slower than XLA's reduction
+# (measured on XLA:CPU, 2 cores, by experiments/benchmark_region_op.py: 2x faster at
+# N=16, 1.5x at N=64, 2.6x slower at 256). Not measured on GPU or TPU, where the sum is
+# XLA's reduction for every N.
 MAX_UNROLLED_REGIONS = 64
 
 
@@ -187,24 +196,33 @@ def _reduced_grid_sum(blocks, weights):
   return jnp.sum(blocks * scale, axis=(-5, -3))
 
 
-@jax.custom_jvp
 def _unrolled_grid_sum(blocks, weights):
-  """`_reduced_grid_sum` as N multiply-adds, which XLA:CPU fuses into one vectorized loop.
-
-  Its own derivative, transposed for `grad`, would pad every region's gradient to the
-  whole image and add N of them (N passes over `x`); the tangent rule below is the
-  reduction's, whose transpose is one broadcast multiply for the blocks and one
-  reduction for the weights.
-  """
+  """`_reduced_grid_sum` as N multiply-adds, which XLA:CPU fuses into one vectorized loop."""
   gh, gw = blocks.shape[-5], blocks.shape[-3]
   return sum(blocks[..., i, :, j, :, :] * weights[..., i * gw + j, None, None, None]
              for i in range(gh) for j in range(gw))
 
 
-@_unrolled_grid_sum.defjvp
-def _unrolled_grid_sum_jvp(primals, tangents):
+@jax.custom_jvp
+def _grid_sum(blocks, weights):
+  """`_reduced_grid_sum`, computed on XLA:CPU as `_unrolled_grid_sum` for few regions.
+
+  The form is chosen by `jax.lax.platform_dependent` when lowering, so one jitted or
+  exported function stays portable. The derivative is the reduction's on every
+  platform: the unrolled form's own, transposed for `grad`, would pad every region's
+  gradient to the whole image and add N of them (N passes over `x`), while the
+  reduction's transpose is one broadcast multiply for the blocks and one reduction for
+  the weights.
+  """
+  gh, gw = blocks.shape[-5], blocks.shape[-3]
+  cpu_form = _unrolled_grid_sum if gh * gw <= MAX_UNROLLED_REGIONS else _reduced_grid_sum
+  return jax.lax.platform_dependent(blocks, weights, cpu=cpu_form, default=_reduced_grid_sum)
+
+
+@_grid_sum.defjvp
+def _grid_sum_jvp(primals, tangents):
   (blocks, weights), (blocks_dot, weights_dot) = primals, tangents
-  return _unrolled_grid_sum(blocks, weights), (
+  return _grid_sum(blocks, weights), (
       _reduced_grid_sum(blocks_dot, weights) + _reduced_grid_sum(blocks, weights_dot))
 
 
@@ -213,7 +231,8 @@ def _weighted_grid_sum(x, weights, layout, mode):
 
   Works on the free reshape `(..., gh, h, gw, w, C)` of `x` and never materializes the
   weighted regions or a transposed copy: an einsum over the `(..., N, h, w, C)` regions
-  lowers on XLA:CPU to a transpose plus a batched matmul, 10x slower (docs/design.md).
+  lowers on XLA:CPU to a transpose plus a batched matmul, 10x slower (measured on XLA:CPU,
+  docs/design.md).
 
   Args:
     x: `(..., Hp, Wp, C)` image, already padded to `layout.padded`.
@@ -226,10 +245,8 @@ def _weighted_grid_sum(x, weights, layout, mode):
   if mode == "reassemble":
     scale = weights.reshape(weights.shape[:-1] + (gh, 1, gw, 1, 1)).astype(x.dtype)
     return (blocks * scale).reshape(x.shape)[..., :layout.image[0], :layout.image[1], :]
-  grid_sum = (_unrolled_grid_sum if layout.num_regions <= MAX_UNROLLED_REGIONS
-              else _reduced_grid_sum)
   # float32 weights promote the products and the sum of half-precision images.
-  total = grid_sum(blocks, weights.astype(_accumulation_dtype(x.dtype)))
+  total = _grid_sum(blocks, weights.astype(_accumulation_dtype(x.dtype)))
   if mode == "mean":
     total = total / layout.num_regions
   return total.astype(x.dtype)
@@ -256,12 +273,16 @@ def region_attention(x, score_fn: ScoreFn, grid=None, *, size=None, stride=None,
     `a` is the `(..., N)` weights.
   """
   x = _checks.float_array(x, "x", min_rank=3)
+  _checks.function(score_fn, "score_fn", "a function of the regions `(..., N, h, w, C)`")
   _checks.choice(normalize, "normalize", NORMALIZERS)
   _checks.choice(aggregate, "aggregate", AGGREGATIONS)
+  _checks.real_scalar(temperature, "temperature", positive=True)
   layout = regions_lib.region_layout(x.shape[-3:-1], grid, size=size, stride=stride,
                                      pad=pad)
+  if mask is not None:
+    mask = _checks.bool_array(mask, "mask", x.shape[:-3] + (layout.num_regions,))
   regions = regions_lib.partition(x, grid, size=size, stride=stride, pad=pad)
-  scores = score_fn(regions)
+  scores = _checks.called(score_fn, "score_fn", regions)
   if not hasattr(scores, "shape") or tuple(scores.shape) != tuple(regions.shape[:-3]):
     raise ValueError(
         f"score_fn must map regions of shape {tuple(regions.shape)} to scores of shape "
@@ -270,8 +291,7 @@ def region_attention(x, score_fn: ScoreFn, grid=None, *, size=None, stride=None,
   if pad:
     has_pixels = regions_lib.region_mask(x.shape[-3:-1], grid, size=size, stride=stride,
                                          pad=pad).any(axis=(-2, -1))
-    mask = has_pixels if mask is None else (
-        _checks.bool_array(mask, "mask", scores.shape) & has_pixels)
+    mask = has_pixels if mask is None else mask & has_pixels
   weights = _normalize(scores, normalize, mask, temperature)
   if layout.is_grid:
     padded = regions_lib.pad_image(x, layout)

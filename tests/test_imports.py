@@ -7,7 +7,7 @@ import pytest
 
 
 @pytest.mark.parametrize("module", ["regionatt_jax", "regionatt_jax.nn", "regionatt_jax.data",
-                                    "regionatt_jax.train"])
+                                    "regionatt_jax.train", "regionatt_jax.train.inference"])
 def test_import_is_light(module):
   code = (f"import sys, {module}; "
           "print(','.join(m for m in ('torch', 'tensorflow') if m in sys.modules))")

@@ -279,7 +279,7 @@ def test_a_bad_pretrained_file_stops_the_run_before_training(tmp_path, tiny_conf
   config = _finetune(tiny_config, path, **backbone_kwargs)
   with pytest.raises(ValueError, match=f"pretrained file '{path}'.*{problem}"):
     loop.train_and_evaluate(config, str(workdir))
-  assert not (workdir / "metrics.jsonl").exists()
+  assert not (workdir / "config.json").exists() and not (workdir / "metrics.jsonl").exists()
   assert not list((workdir / "checkpoints").glob("[0-9]*"))
 
 

@@ -1,18 +1,23 @@
-"""A 2-D convolution whose backward pass is fast on XLA:CPU.
+"""A 2-D convolution whose backward pass is fast on XLA:CPU and native elsewhere.
 
 `Conv` is a drop-in for `flax.linen.Conv` as the models here use it: channels-last
-`(..., H, W, Cin)` inputs, any stride (only stride-1 convs get the fast backward), no dilation, one feature group, `'SAME'`/`'VALID'`
-or explicit padding, parameters named `kernel` `(kh, kw, Cin, Cout)` and `bias`
-`(Cout,)` with Flax's initializers, and `dtype`/`param_dtype` promotion. The parameter
-tree is the same as `flax.linen.Conv`'s, so either module loads the other's weights.
+`(..., H, W, Cin)` inputs, any stride (only stride-1 convs get the CPU backward), no
+dilation, one feature group, `'SAME'`/`'VALID'` or explicit padding, parameters named
+`kernel` `(kh, kw, Cin, Cout)` and `bias` `(Cout,)` with Flax's initializers, and
+`dtype`/`param_dtype` promotion. The parameter tree is the same as `flax.linen.Conv`'s,
+so either module loads the other's weights.
 
 Why it exists: XLA:CPU computes the weight gradient of a convolution ~2x slower than the
 same contraction written as one matmul per kernel tap, `(x shifted by the tap)^T @ dy`,
-and the weight gradient is the largest single cost of a convolutional train step here
-(see `BENCHMARKS.md` and `experiments/benchmark.py --suite conv`). `conv2d` is a
-`jax.custom_vjp` that keeps XLA's forward convolution and input gradient (both measured
-fastest among the forms tried) and computes the weight gradient per tap. A 1x1
-convolution is a plain matmul, whose native gradients are already matmuls.
+and the weight gradient is the largest single cost of a convolutional train step there
+(see `BENCHMARKS.md` and `experiments/benchmark_conv.py`). `conv2d` is a
+`jax.custom_vjp` that keeps XLA's forward convolution and, on CPU, computes the input
+gradient as XLA's convolution (measured fastest among the forms tried) and the weight
+gradient per tap. The choice is made with `jax.lax.platform_dependent` when the
+function is lowered, so one jitted or exported function stays portable: lowered for
+GPU or TPU, the backward is the native VJP of the convolution (cuDNN's and the TPU's
+own weight-gradient convolutions, no loop). A 1x1 convolution is a plain matmul on
+every platform, whose native gradients are already matmuls.
 """
 
 import functools
@@ -27,8 +32,9 @@ from jax import lax
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
 # Below this many input or output channels the per-tap matmuls are too thin to beat
-# XLA's own weight gradient (measured: 3->64 3x3 and 2->1 7x7 convolutions were 2-7x
-# slower per tap), so such convolutions keep the native VJP.
+# XLA's own weight gradient (measured on XLA:CPU, 2 cores: 3->64 3x3 and 2->1 7x7
+# convolutions were 2-7x slower per tap), so such convolutions keep the native VJP on
+# every platform.
 _PER_TAP_MIN_CHANNELS = 16
 
 Padding = str | Sequence[tuple[int, int]]
@@ -66,8 +72,9 @@ def _weight_gradient(x, dy, kernel_shape, pads):
   """`dkernel` as one matmul per tap: `sum_{b,h,w} x_pad[b, h+i, w+j, :]^T dy[b, h, w, :]`.
 
   The taps run in a `lax.map` loop rather than unrolled, so that only one shifted copy
-  of `x` is alive at a time (measured: 66 MB of temporaries instead of 290 MB for the
-  64->128 conv at batch 32, and no slower).
+  of `x` is alive at a time (measured on XLA:CPU: 66 MB of temporaries instead of 290 MB
+  for the 64->128 conv at batch 32, and no slower). The CPU form only: on GPU and TPU
+  the loop would replace one native weight-gradient convolution.
   """
   kh, kw, cin, cout = kernel_shape
   batch, out_h, out_w = dy.shape[:3]
@@ -83,6 +90,18 @@ def _weight_gradient(x, dy, kernel_shape, pads):
   return lax.map(tap, jnp.arange(kh * kw)).reshape(kernel_shape)
 
 
+def _per_tap_gradients(x, kernel, dy, pads):
+  """`(dx, dkernel)` of XLA:CPU's fast form: a convolution and per-tap matmuls."""
+  return (_input_gradient(dy, kernel, pads).astype(x.dtype),
+          _weight_gradient(x, dy, kernel.shape, pads).astype(kernel.dtype))
+
+
+def _native_gradients(x, kernel, dy, pads):
+  """`(dx, dkernel)` as JAX differentiates the convolution itself (GPU, TPU)."""
+  _, pullback = jax.vjp(functools.partial(_native_conv, pads=pads), x, kernel)
+  return pullback(dy)
+
+
 # `pads` is a static tuple of ints, hence a non-differentiable argument.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv_per_tap_vjp(x, kernel, pads):
@@ -95,22 +114,25 @@ def _conv_fwd(x, kernel, pads):
 
 def _conv_bwd(pads, residuals, dy):
   x, kernel = residuals
-  dx = _input_gradient(dy, kernel, pads).astype(x.dtype)
-  dkernel = _weight_gradient(x, dy, kernel.shape, pads).astype(kernel.dtype)
-  return dx, dkernel
+  # Resolved when lowering: a function lowered for several platforms carries both forms
+  # and each compiler sees only its own.
+  return lax.platform_dependent(
+      x, kernel, dy, cpu=functools.partial(_per_tap_gradients, pads=pads),
+      default=functools.partial(_native_gradients, pads=pads))
 
 
 _conv_per_tap_vjp.defvjp(_conv_fwd, _conv_bwd)
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, padding: Padding = "SAME") -> jax.Array:
-  """Stride-1 2-D convolution with a per-tap-matmul weight gradient.
+  """Stride-1 2-D convolution with a per-tap-matmul weight gradient on CPU.
 
   Same values as `lax.conv_general_dilated(x, kernel, (1, 1), padding,
   dimension_numbers=("NHWC", "HWIO", "NHWC"))` and the same gradients (up to float
-  summation order); only the backward computation differs: with at least
-  `_PER_TAP_MIN_CHANNELS` input and output channels the weight gradient is one matmul
-  per kernel tap, accumulated in float32; a 1x1 unpadded kernel is a matmul.
+  summation order); only the backward computation differs, and only on CPU: with at
+  least `_PER_TAP_MIN_CHANNELS` input and output channels the weight gradient is one
+  matmul per kernel tap, accumulated in float32. On GPU and TPU the backward is the
+  convolution's native VJP. A 1x1 unpadded kernel is a matmul everywhere.
 
   Args:
     x: `(B, H, W, Cin)` input, float.
@@ -137,6 +159,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, padding: Padding = "SAME") -> jax.Ar
 
 class Conv(nn.Module):
   """Drop-in for `flax.linen.Conv` (2-D) with a fast XLA:CPU backward pass at stride 1.
+
+  On GPU and TPU it lowers to the same convolutions as `flax.linen.Conv`.
 
   Attributes:
     features: number of output channels `Cout`.

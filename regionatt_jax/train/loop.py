@@ -69,6 +69,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   abstract = state_lib.abstract_train_state(config, model, input_shape, mesh)
   manager = workdir_lib.checkpoint_manager(workdir, config)
   restored = workdir_lib.restore_latest(workdir, manager, abstract)
+  if restored is None:  # Before anything is written: a bad pretrained file fails here.
+    start_step, iterator_state = 0, None
+    state = state_lib.create_train_state(
+        config, model, jax.random.PRNGKey(config.seed), input_shape, mesh=mesh)
+  else:
+    start_step, state, iterator_state = restored
 
   data.prepare(spec.name, data_dir)
   if jax.process_index() == 0:
@@ -76,12 +82,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   train_iter = data.make_iterator(
       spec.name, "train", data_dir=data_dir, global_batch_size=config.train.global_batch_size,
       seed=config.seed, shuffle=True, augment=config.dataset.augment)
-  if restored is None:
-    start_step = 0
-    state = state_lib.create_train_state(
-        config, model, jax.random.PRNGKey(config.seed), input_shape, mesh=mesh)
-  else:
-    start_step, state, iterator_state = restored
+  if iterator_state is not None:
     train_iter.set_state(iterator_state)
   # Batches go to the devices two steps ahead, overlapping the transfer with compute.
   train_batches = data.prefetch_to_device(train_iter, size=2,

@@ -6,7 +6,7 @@ train state donated, so a step updates parameters in place on every device.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -79,20 +79,31 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, j
   return new_state, metrics
 
 
-def predict(state: TrainState, batch: Batch) -> tuple[jax.Array, "jax.Array | None"]:
+def infer(apply_fn: Callable[..., Any], variables: Mapping[str, Any], images: jax.Array,
+          **model_kwargs) -> tuple[jax.Array, "jax.Array | None"]:
   """Inference-mode logits `(B, K)` float32 and attention maps `(B, H, W)` float32.
 
   The maps are the model's top-most sown `attention_map` at image resolution
   (`regionatt_jax.nn.attention_maps`); None for a model that sows none.
+
+  Args:
+    apply_fn: a model's `apply`.
+    variables: its `{"params": ..., "batch_stats": ...}` (no batch stats without BatchNorm).
+    images: `(B, H, W, C)` float32 in [-1, 1] (bags: `(B, N, h, w, C)`).
+    **model_kwargs: passed to the model (a bag's `mask`).
   """
-  images = batch["image"]
-  logits, collections = state.apply_fn(
-      _variables(state, state.params), images, train=False, mutable=["intermediates"],
-      **_model_kwargs(batch))
+  logits, collections = apply_fn(variables, images, train=False, mutable=["intermediates"],
+                                 **model_kwargs)
   intermediates = collections.get("intermediates", {})
   maps = (maps_lib.attention_maps(intermediates, images.shape[-3:-1])
           if maps_lib.has_attention_map(intermediates) else None)
   return logits.astype(jnp.float32), maps
+
+
+def predict(state: TrainState, batch: Batch) -> tuple[jax.Array, "jax.Array | None"]:
+  """`infer` with the state's model and variables on `batch['image']`."""
+  return infer(state.apply_fn, _variables(state, state.params), batch["image"],
+               **_model_kwargs(batch))
 
 
 def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:

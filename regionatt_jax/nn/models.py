@@ -153,6 +153,9 @@ class SmallCNN(nn.Module):
     _checks.positive_ints(self.features, "SmallCNN: features")
     _check_stage_attention("SmallCNN", self.attention, self.attention_kwargs)
     _checks.boolean(self.batch_norm, "SmallCNN: batch_norm")
+    _checks.choice(self.placement, "SmallCNN: placement", PLACEMENTS)
+    if self.placement == "residual" and not self.batch_norm:
+      raise ValueError("SmallCNN: placement='residual' needs batch_norm=True, got False")
     _checks.function(self.conv, "SmallCNN: conv", "a conv module class")
     _checks.dtypes("SmallCNN", self.dtype, self.param_dtype)
     super().__post_init__()
@@ -160,9 +163,6 @@ class SmallCNN(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     """Args: x: `(..., H, W, C)`; train: BatchNorm mode. Returns `(..., H/2^(S-1), W/2^(S-1), F)`."""
-    _checks.choice(self.placement, "SmallCNN: placement", PLACEMENTS)
-    if self.placement == "residual" and not self.batch_norm:
-      raise ValueError("SmallCNN: placement='residual' needs batch_norm=True, got False")
     attention = functools.partial(_stage_attention, self.attention, self.attention_kwargs,
                                   dtype=self.dtype, param_dtype=self.param_dtype)
     conv = functools.partial(self.conv, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -468,6 +468,11 @@ class MILClassifier(nn.Module):
     _checks.positive_ints(self.features, "MILClassifier: features")
     _checks.integer(self.embed_dim, "MILClassifier: embed_dim")
     _checks.choice(self.pooling, "MILClassifier: pooling", POOLINGS)
+    _checks.choice(self.level, "MILClassifier: level", LEVELS)
+    if self.level == "instance" and (self.num_classes != 2 or self.pooling not in
+                                     ("mean", "max")):
+      raise ValueError(f"MILClassifier: level='instance' needs num_classes=2 and pooling "
+                       f"'mean' or 'max', got {self.num_classes} and {self.pooling!r}")
     _checks.integer(self.hidden, "MILClassifier: hidden")
     _checks.function(self.conv, "MILClassifier: conv", "a conv module class")
     _checks.dtypes("MILClassifier", self.dtype, self.param_dtype)
@@ -485,11 +490,6 @@ class MILClassifier(nn.Module):
     Returns:
       `(B, num_classes)` logits, float32.
     """
-    _checks.choice(self.level, "MILClassifier: level", LEVELS)
-    if self.level == "instance" and (self.num_classes != 2 or self.pooling not in
-                                     ("mean", "max")):
-      raise ValueError(f"MILClassifier: level='instance' needs num_classes=2 and pooling "
-                       f"'mean' or 'max', got {self.num_classes} and {self.pooling!r}")
     x = _image(x, "MILClassifier", min_rank=4)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = SmallCNN(self.features, batch_norm=False, conv=self.conv, name="instance_cnn",

@@ -2,8 +2,10 @@
 
 `build_document` gathers the finished runs of `--out` into one document (environment,
 commands, sessions, per-row summary, every run), saved as `<results_dir>/metrics.json`;
-`write_report` renders RESULTS.md and the figures from that document, so a report can be
-re-rendered from metrics.json alone (the example attention figures then stay as they
+`write_report` renders RESULTS.md (tables with the convergence rule's verdict, paired
+95 % intervals against the plain CNN of each backbone) and the figures (learning curves,
+accuracy bars, attention panels) from that document, so a report can be re-rendered from
+metrics.json alone (the example attention figures then stay as they
 were drawn: their inputs live in the runs).
 """
 

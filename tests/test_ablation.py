@@ -242,6 +242,9 @@ def test_summarize_mean_and_sample_std_per_row_and_the_mean_curve():
   assert summary[plain.key]["converged"] is False
   assert summary[plain.key]["converged_runs"] == 1
   assert summary[region.key]["converged"] is None and "curve" not in summary[region.key]
+  lines = report.image_table(summary, [plain, region]).splitlines()
+  assert lines[2].endswith("| **no** (+1.0; 1/3 runs) | 3 |")  # the rule's verdict
+  assert lines[3].endswith("| - | 1 |")  # no curve: cannot tell
 
 
 def test_compare_gives_paired_differences_with_t_intervals():

@@ -101,11 +101,13 @@ def _mean(entry, metric, digits=0, statistic="mean") -> str:
 
 
 def _converged(entry: Mapping[str, Any]) -> str:
-  """The table cell of the convergence rule: yes, **no** (with the gain), or - (no curve)."""
+  """The table cell of the convergence rule: yes or **no** for the mean curve, with its
+  gain and the runs that converged; - without a curve."""
   if entry.get("converged") is None:
     return "-"
-  gain = f"{100 * entry['val_gain_last_20pct']:+.1f}"
-  return f"yes ({gain})" if entry["converged"] else f"**no** ({gain})"
+  detail = (f"{100 * entry['val_gain_last_20pct']:+.1f}; "
+            f"{entry['converged_runs']}/{entry['n']} runs")
+  return f"yes ({detail})" if entry["converged"] else f"**no** ({detail})"
 
 
 def _table(summary: Mapping[str, Any], rows: Sequence[table.Row], header: Sequence[str],

@@ -85,7 +85,7 @@ BAG_TRAIN_SIZES = (50, 150, 500)
 #: 2000 steps of 32 are 4 epochs of the 16,000 training images, and the cosine schedule
 #: ends at learning rate 0. A pilot at these settings (seed 0, 2026-12-02) met the
 #: convergence rule: plain CNN and region MLP gained +0.15 points of validation accuracy
-#: over the last 20 % (98.0 and 97.6 % at the end). Heavy clutter learned slowest (35 %
+#: over the last 20 % (98.0 and 97.5 % at the end). Heavy clutter learned slowest (35 %
 #: at 350 steps), so it gets 3000; it and the residual rows had no pilot. `report.py` checks every run against the
 #: convergence rule (`experiments/ablation/stats.py`) and marks rows that did not
 #: converge; those need more steps in the next run.

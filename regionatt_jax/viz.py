@@ -354,6 +354,41 @@ def bar_chart(labels: Sequence[str], means, stds, *, ylabel: str,
   return fig
 
 
+def learning_curves(curves: Sequence[tuple[str, Any, Any, Any]], *, ylabel: str,
+                    xlabel: str = "step", title: str | None = None):
+  """One line per curve, its mean with a band of +- its std (e.g. over seeds).
+
+  Args:
+    curves: `(label, steps, mean, std)` per curve; `steps`, `mean`, `std` of one length.
+    ylabel: y axis label.
+    xlabel: x axis label.
+    title: optional title.
+
+  Returns:
+    A Figure with one Axes holding a line and a band per curve, and a legend.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  fig = _figure(7.0, 4.2)
+  ax = fig.add_subplot()
+  colors = matplotlib.colormaps["tab20"].colors
+  for i, (label, steps, mean, std) in enumerate(curves):
+    steps, mean, std = (np.asarray(v, np.float64) for v in (steps, mean, std))
+    if not steps.shape == mean.shape == std.shape or steps.ndim != 1:
+      raise ValueError(f"curve {label!r}: steps, mean and std must be 1-D of one length, "
+                       f"got shapes {steps.shape}, {mean.shape}, {std.shape}")
+    color = colors[i % len(colors)]
+    ax.plot(steps, mean, color=color, label=label, linewidth=1.2)
+    ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  if title:
+    ax.set_title(title, fontsize=9)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=6, loc="lower right", ncol=2)
+  fig.tight_layout()
+  return fig
+
+
 def save_figure(fig, path: str, *, dpi: int = 80) -> str:
   """Writes `fig` as a PNG at `path` (creating its directory) and returns `path`."""
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

@@ -25,17 +25,20 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def test_table_has_every_method_seeds_and_unique_keys():
-  assert len(table.SEEDS) >= 3
+  assert all(len(row.seeds) >= 3 for row in table.ROWS)
+  assert len(table.TABLES["cluttered"].seeds) >= 5
   keys = [row.key for row in table.ROWS]
   assert len(keys) == len(set(keys))
-  names = {row.name for row in table.CLUTTERED_ROWS}
-  for method in ("plain CNN", "AttentionNet", "SE", "ECA", "CBAM", "coordinate",
-                 "region conv", "region MLP", "region gated", "region recurrent",
-                 "region self-attention", "multi-scale"):
-    assert method in names
-  poolings = {(row.name.split()[0], row.train_examples) for row in table.BAG_ROWS}
-  assert poolings == {(p, n) for p in ("attention", "gated", "mean", "max")
-                      for n in table.BAG_TRAIN_SIZES}
+  labels = {row.label for row in table.CLUTTERED_ROWS}
+  for method in ("plain CNN", "AttentionNet", "region conv", "region MLP", "region gated",
+                 "region recurrent", "region self-attention", "multi-scale",
+                 "plain CNN (residual)", "region MLP (residual)", "multi-scale (residual)"):
+    assert method in labels
+  for module in ("SE", "ECA", "CBAM", "coordinate"):  # published placement, and the extra
+    assert {f"{module} (residual)", f"{module} (on path)"} <= labels
+  poolings = {(row.name.rsplit(" pooling")[0], row.train_examples) for row in table.BAG_ROWS}
+  assert poolings == {(p, n) for p in ("attention", "gated", "mean", "max", "mi-Net mean",
+                                       "mi-Net max") for n in table.BAG_TRAIN_SIZES}
   assert len(table.BAG_TRAIN_SIZES) >= 3
 
 
@@ -44,23 +47,30 @@ def test_every_row_gives_a_valid_config_and_model(smoke):
   for row in table.ROWS:
     config = table.make_config(row, 7, data_dir="/data", smoke=smoke)
     assert config.seed == 7
-    assert config.train.eval_every == config.train.steps == config.train.checkpoint_every
+    assert config.train.checkpoint_every == config.train.eval_every
+    if not smoke:  # a learning curve of CURVE_POINTS evaluations, the last at the end
+      assert config.train.steps // config.train.eval_every == table.CURVE_POINTS
     assert not config.train.progress_bar and config.train.num_figures == 0
     spec = data.dataset_spec(config.dataset.name)
     model = ra_nn.build_model(config.model, spec.num_classes)
     assert type(model).__name__ == config.model.name
   steps = {row.table: table.make_config(row, 0, data_dir="/data").train.steps
            for row in table.ROWS}
-  assert steps == {"cluttered": table.STEPS, "heavy": table.STEPS, "large": table.STEPS,
-                   "bags": table.BAG_STEPS}
+  assert steps == {"cluttered": table.STEPS, "heavy": table.HEAVY_STEPS,
+                   "large": table.STEPS, "bags": table.BAG_STEPS}
+  assert table.STEPS >= 2000  # the main table trains for thousands of steps
 
 
 def test_rows_build_the_model_their_name_says():
-  kwargs = {row.name: table.make_config(row, 0, data_dir="/data").model.kwargs
+  kwargs = {row.label: table.make_config(row, 0, data_dir="/data").model.kwargs
             for row in table.CLUTTERED_ROWS}
   assert kwargs["plain CNN"].head is None and "attention" not in kwargs["plain CNN"]
-  assert kwargs["SE"].attention == "se" and kwargs["SE"].head is None
-  assert kwargs["CBAM"].attention == "cbam" and kwargs["CBAM"].head is None
+  assert kwargs["SE (on path)"].attention == "se" and kwargs["SE (on path)"].head is None
+  assert kwargs["CBAM (on path)"].attention == "cbam"
+  assert "placement" not in kwargs["CBAM (on path)"].backbone_kwargs
+  for label in ("plain CNN (residual)", "CBAM (residual)", "region MLP (residual)"):
+    assert kwargs[label].backbone_kwargs.placement == "residual", label
+  assert kwargs["CBAM (residual)"].attention == "cbam"
   assert kwargs["region gated"].head_kwargs.scorer == "gated"
   assert kwargs["region self-attention"].head_kwargs.scorer == "self_attention"
   assert kwargs["multi-scale"].head == "multiscale"
@@ -68,6 +78,21 @@ def test_rows_build_the_model_their_name_says():
   for row in table.LARGE_ROWS[1:]:  # the 128 canvas: five stages, an 8x8 map again
     assert table.make_config(row, 0, data_dir="/data").model.kwargs.backbone_kwargs.features \
         == (16, 16, 32, 64, 64)
+
+
+def test_each_attention_row_is_compared_with_the_plain_cnn_of_its_backbone():
+  rows = table.CLUTTERED_ROWS
+  by_label = {row.label: row for row in rows}
+  assert table.baseline_of(by_label["CBAM (residual)"], rows) is by_label["plain CNN (residual)"]
+  assert table.baseline_of(by_label["CBAM (on path)"], rows) is by_label["plain CNN"]
+  assert table.baseline_of(by_label["region MLP"], rows) is by_label["plain CNN"]
+  assert table.baseline_of(by_label["plain CNN (residual)"], rows) is None
+  assert table.baseline_of(by_label["AttentionNet"], rows) is None
+  pairs = report.region_vs_published(rows)
+  assert {(a.label, b.label) for a, b in pairs} == {
+      (head, f"{module} (residual)") for head in ("region MLP (residual)",
+                                                  "multi-scale (residual)")
+      for module in ("SE", "ECA", "CBAM", "coordinate")}
 
 
 def test_real_dataset_rows_use_the_recipe_of_the_real_image_configs():
@@ -87,6 +112,10 @@ def test_bag_rows_read_their_own_training_set_size():
   assert config.dataset.name == "digit_bags/16px"
   assert config.dataset.data_dir == table.bag_data_dir("/data", 50)
   assert config.model.kwargs.pooling == row.name.split()[0]
+  assert "level" not in config.model.kwargs
+  mi_net = next(r for r in table.BAG_ROWS if r.name == "mi-Net max")
+  kwargs = table.make_config(mi_net, 0, data_dir="/data").model.kwargs
+  assert (kwargs.pooling, kwargs.level) == ("max", "instance")
   smoke = table.make_config(row, 0, data_dir="/data", smoke=True)
   assert smoke.dataset.name == "digit_bags/tiny" and smoke.dataset.data_dir == "/data"
 
@@ -112,17 +141,37 @@ def test_every_model_initializes_abstractly():
     assert "params" in variables, row.key
 
 
-def test_image_rows_of_a_table_differ_only_in_their_attention():
-  """Every row but the seed's AttentionNet shares its table's backbone and optimizer."""
+def test_image_rows_of_a_backbone_differ_only_in_their_attention():
+  """Within a table, every row of one backbone (all but the seed's AttentionNet) shares
+  its widths, placement and optimizer with that backbone's plain CNN."""
   for _, rows in table.IMAGE_TABLES:
-    configs = [table.make_config(row, 0, data_dir="/data") for row in rows
-               if row.family != "seed"]
-    backbones = {str(c.model.kwargs.get("backbone_kwargs")) for c in configs}
-    optimizers = {str(c.optim) for c in configs}
-    assert len(backbones) == 1 and len(optimizers) == 1, rows[0].table
-    heads = {(c.model.kwargs.get("head", "region"), str(c.model.kwargs.get("head_kwargs")),
-              c.model.kwargs.get("attention")) for c in configs}
-    assert len(heads) == len(configs)  # ... and no two rows are the same model
+    for residual in (False, True):
+      configs = [table.make_config(row, 0, data_dir="/data") for row in rows
+                 if row.family != "seed" and row.residual == residual]
+      backbones = {str(c.model.kwargs.get("backbone_kwargs")) for c in configs}
+      optimizers = {str(c.optim) for c in configs}
+      assert len(backbones) <= 1 and len(optimizers) <= 1, rows[0].table
+      heads = {(c.model.kwargs.get("head", "region"), str(c.model.kwargs.get("head_kwargs")),
+                c.model.kwargs.get("attention")) for c in configs}
+      assert len(heads) == len(configs)  # ... and no two rows are the same model
+
+
+def test_jobs_are_seed_major_with_each_tables_seeds():
+  rows = [table.CLUTTERED_ROWS[0], table.HEAVY_ROWS[0]]
+  jobs = [(row.table, seed) for row, seed in run.jobs_of(rows, smoke=False)]
+  assert jobs == [("cluttered", 0), ("heavy", 0), ("cluttered", 1), ("heavy", 1),
+                  ("cluttered", 2), ("heavy", 2), ("cluttered", 3), ("cluttered", 4)]
+  assert [(row.table, seed) for row, seed in run.jobs_of(rows, smoke=True)] == [
+      ("cluttered", 0), ("heavy", 0)]
+
+
+def test_learning_curve_reads_the_validation_records_in_order(tmp_path):
+  records = [{"step": 10, "split": "train", "loss": 2.0, "accuracy": 0.1},
+             {"step": 10, "split": "val", "loss": 1.5, "accuracy": 0.4},
+             {"step": 20, "split": "val", "loss": 1.0, "accuracy": 0.6},
+             {"step": 20, "split": "test", "loss": 1.0, "accuracy": 0.55}]
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  assert run.learning_curve(str(tmp_path)) == {"step": [10, 20], "val_accuracy": [0.4, 0.6]}
 
 
 def _instance_hits_loop(weights, mask, labels, target):
@@ -167,9 +216,13 @@ def _result(row, seed, accuracy, **extra):
           **extra}
 
 
-def test_summarize_mean_and_sample_std_per_row():
-  plain, region = table.CLUTTERED_ROWS[0], table.CLUTTERED_ROWS[7]
-  results = [_result(plain, s, a) for s, a in enumerate([0.5, 0.6, 0.7])]
+def test_summarize_mean_and_sample_std_per_row_and_the_mean_curve():
+  plain, region = table.CLUTTERED_ROWS[0], table.CLUTTERED_ROWS[2]
+  curves = [{"step": [100, 200, 300, 400, 500], "val_accuracy": [0.2, 0.4, 0.5, 0.58, 0.6]},
+            {"step": [100, 200, 300, 400, 500], "val_accuracy": [0.2, 0.4, 0.5, 0.6, 0.6]},
+            {"step": [100, 200, 300, 400, 500], "val_accuracy": [0.2, 0.4, 0.5, 0.59, 0.6]}]
+  results = [_result(plain, s, a, curve=c, converged=s == 1)
+             for s, (a, c) in enumerate(zip([0.5, 0.6, 0.7], curves))]
   results += [_result(region, 0, 0.9, test_pointing_game=0.8)]
   summary = report.summarize(results, ["test_accuracy", "test_pointing_game"])
   assert summary[plain.key]["n"] == 3
@@ -181,38 +234,52 @@ def test_summarize_mean_and_sample_std_per_row():
   assert summary[plain.key]["test_accuracy"]["max"] == 0.7
   assert summary[region.key]["test_accuracy"] == {"mean": 0.9, "std": 0.0, "min": 0.9,
                                                   "max": 0.9}
+  curve = summary[plain.key]["curve"]
+  np.testing.assert_allclose(curve["mean"], [0.2, 0.4, 0.5, 0.59, 0.6])
+  np.testing.assert_allclose(curve["std"][3], np.std([0.58, 0.6, 0.59], ddof=1))
+  # The mean curve gains 0.6 - 0.59 = 1 point over its last fifth (from step 400).
+  assert summary[plain.key]["val_gain_last_20pct"] == pytest.approx(0.01)
+  assert summary[plain.key]["converged"] is False
+  assert summary[plain.key]["converged_runs"] == 1
+  assert summary[region.key]["converged"] is None and "curve" not in summary[region.key]
+  lines = report.image_table(summary, [plain, region]).splitlines()
+  assert lines[2].endswith("| **no** (+1.0; 1/3 runs) | 3 |")  # the rule's verdict
+  assert lines[3].endswith("| - | 1 |")  # no curve: cannot tell
 
 
-def test_compare_says_whether_a_difference_exceeds_the_spread():
-  rows = table.CLUTTERED_ROWS[:3]
-  summary = {
-      rows[0].key: {"n": 3, "test_accuracy": {"mean": 0.50, "std": 0.02}},
-      rows[1].key: {"n": 3, "test_accuracy": {"mean": 0.60, "std": 0.03}},  # +10 > 5
-      rows[2].key: {"n": 3, "test_accuracy": {"mean": 0.53, "std": 0.02}},  # +3 < 4
-  }
-  lines = report.compare(summary, rows, "test_accuracy", rows[0])
-  assert lines[0].startswith(f"- Best test accuracy: **{rows[1].name}**, 60.0")
-  assert f"{rows[1].name} vs plain CNN: +10.0 points; exceeds" in lines[1]
-  assert f"{rows[2].name} vs plain CNN: +3.0 points; is within" in lines[2]
-  summary[rows[2].key]["n"] = 1
-  assert "one seed so far" in report.compare(summary, rows, "test_accuracy", rows[0])[2]
+def test_compare_gives_paired_differences_with_t_intervals():
+  rows = table.CLUTTERED_ROWS[:3]  # plain CNN, region conv, region MLP
+  accuracy = {rows[0]: [0.50, 0.52, 0.48], rows[1]: [0.60, 0.63, 0.57],  # +10, +1 .. +1
+              rows[2]: [0.55, 0.50, 0.49]}  # +5, -2, +1: the interval holds 0
+  results = [_result(row, seed, value) for row, values in accuracy.items()
+             for seed, value in enumerate(values)]
+  summary = report.summarize(results, ["test_accuracy"])
+  lines = report.compare(summary, results, report.baseline_pairs(rows), "test_accuracy")
+  assert lines[0].startswith(f"- Best test accuracy: **{rows[1].label}**, 60.0")
+  d = np.array([0.10, 0.11, 0.09])
+  half = 4.302653 * d.std(ddof=1) / np.sqrt(3)  # t(0.975, 2 degrees of freedom)
+  assert lines[1] == (f"- {rows[1].label} vs plain CNN: +10.0 [{100 * (0.1 - half):+.1f}, "
+                      f"{100 * (0.1 + half):+.1f}] points over 3 paired seeds; a gain: the "
+                      "interval excludes 0.")
+  assert "no difference shown" in lines[2]
+  one = [r for r in results if r["seed"] == 0 or r["row"] != rows[2].key]
+  assert "one seed so far" in report.compare(summary, one, report.baseline_pairs(rows),
+                                             "test_accuracy")[2]
 
 
-def test_clutter_gaps_tabulate_gain_over_the_plain_cnn_per_dataset():
-  entry = lambda mean, std: {"test_accuracy": {"mean": mean, "std": std}}
-  summary = {table.CLUTTERED_ROWS[0].key: entry(0.40, 0.01),
-             next(r for r in table.CLUTTERED_ROWS if r.name == "region MLP").key:
-                 entry(0.55, 0.02),
-             table.HEAVY_ROWS[0].key: entry(0.20, 0.03)}
-  lines = report.clutter_gaps(summary).splitlines()
-  assert lines[0] == ("| accuracy gain over plain CNN (points) | CBAM | region MLP | "
-                      "multi-scale |")
-  assert lines[2] == "| cluttered_digits/64 | - | +15.0 (spread 3.0) | - |"
+def test_clutter_gaps_tabulate_paired_gain_over_the_plain_cnn_per_dataset():
+  region = next(r for r in table.CLUTTERED_ROWS if r.label == "region MLP")
+  results = [_result(table.CLUTTERED_ROWS[0], s, a) for s, a in enumerate([0.4, 0.5, 0.6])]
+  results += [_result(region, s, a) for s, a in enumerate([0.55, 0.65, 0.75])]
+  lines = report.clutter_gaps(results).splitlines()
+  assert lines[0] == ("| gain over the plain CNN of the same backbone (points, 95 % CI) | "
+                      "region MLP | multi-scale | CBAM (residual) |")
+  assert lines[2] == "| cluttered_digits/64 | +15.0 [+15.0, +15.0] | - | - |"
   assert lines[3] == "| cluttered_digits/64_heavy | - | - | - |"
 
 
 def test_localization_surprises_flag_accurate_models_that_point_elsewhere():
-  rows = table.CLUTTERED_ROWS[6:8]
+  rows = table.CLUTTERED_ROWS[5:7]
   summary = {rows[0].key: {"test_accuracy": {"mean": 0.9, "std": 0}, "test_pointing_game":
                            {"mean": 0.3, "std": 0}},
              rows[1].key: {"test_accuracy": {"mean": 0.9, "std": 0}, "test_pointing_game":
@@ -236,30 +303,37 @@ def test_bag_subset_has_the_requested_training_bags(tmp_path):
 
 @pytest.mark.slow
 def test_smoke_run_trains_measures_reports_and_resumes(tmp_path, capsys):
-  rows = "cluttered_plain_cnn|cluttered_region_mlp|bags_attention"
+  rows = "cluttered_plain_cnn|cluttered_region_mlp|cluttered_residual_cbam|bags_attention"
   args = ["--smoke", "--rows", rows, "--out", str(tmp_path / "runs"),
           "--data_dir", str(tmp_path / "tfds"), "--workers", "2"]
   assert cli.main(args) == 0
-  for key in ("cluttered_plain_cnn", "cluttered_region_mlp", "bags_attention_pooling_n50"):
+  keys = ("cluttered_plain_cnn", "cluttered_region_mlp", "cluttered_residual_cbam",
+          "bags_attention_pooling_n50")
+  for key in keys:
     with open(tmp_path / "runs" / key / "seed_0" / "result.json") as f:
       result = json.load(f)
     assert result["steps"] == 1 and result["params"] > 0
     assert 0 <= result["test_accuracy"] <= 1
+    assert result["curve"]["step"] == [1] and result["converged"] is None  # too short
   with open(tmp_path / "runs" / "bags_attention_pooling_n50" / "seed_0" / "result.json") as f:
     bags = json.load(f)
   assert 0 <= bags["test_auc"] <= 1 and 0 <= bags["instance_localization"] <= 1
   with open(tmp_path / "runs" / "cluttered_plain_cnn" / "seed_0" / "result.json") as f:
     assert json.load(f)["test_pointing_game"] is None  # no attention map
   report = (tmp_path / "runs" / "RESULTS.md").read_text()
-  assert "| region MLP | region |" in report and "| attention pooling | 50 |" in report
-  assert "Wall clock of the training command: " in report and "(3 runs, 2 workers" in report
+  assert "| region MLP | SmallCNN | region |" in report
+  assert ("| CBAM (residual) | residual SmallCNN, on the branch (published) | spatial |"
+          in report)
+  assert "| attention pooling | 50 |" in report
+  assert "Wall clock of the training command: " in report and "(4 runs, 2 workers" in report
   figures = os.listdir(tmp_path / "runs" / "results")
   assert "attention_cluttered_region_mlp.png" in figures
+  assert {"curves_cluttered.png", "curves_bags.png"} <= set(figures)
   assert "attention_cluttered_plain_cnn.png" not in figures  # nothing to overlay
   capsys.readouterr()
   # A second call finds every run finished and trains nothing.
   assert cli.main(args) == 0
-  assert "3 of 3 runs already finished; running 0" in capsys.readouterr().out
+  assert "4 of 4 runs already finished; running 0" in capsys.readouterr().out
 
 
 def test_pointing_ceiling_points_at_the_centre_of_the_region_holding_the_box_centre():

@@ -65,6 +65,10 @@ def test_cluttered_args_change_only_what_they_name():
   large = cluttered.get_config("canvas=128")
   assert large.dataset.name == "cluttered_digits/128"
   assert large.model.kwargs.backbone_kwargs.features == (16, 16, 32, 64, 64)
+  residual = cluttered.get_config("placement=residual,attention=cbam,head=none")
+  assert residual.model.kwargs.backbone_kwargs.to_dict() == {
+      "features": (16, 32, 64, 64), "placement": "residual"}
+  assert "placement" not in cluttered.get_config("placement=path").model.kwargs.backbone_kwargs
   net = cluttered.get_config("model=attention_net,features=32-64")
   assert net.model.name == "AttentionNet" and net.model.kwargs.to_dict() == {
       "features": (32, 64)}
@@ -72,6 +76,8 @@ def test_cluttered_args_change_only_what_they_name():
 
 @pytest.mark.parametrize("arg,match", [
     ("model=attention_net,scorer=gated", "model=classifier"),
+    ("model=attention_net,placement=residual", "model=classifier"),
+    ("placement=branch", "placement must be"),
     ("head=none,scorer=gated", "needs a head"),
     ("canvas=tiny", "canvas"),
     ("model=resnet", "model must be"),

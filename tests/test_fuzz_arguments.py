@@ -369,6 +369,7 @@ MODULE_CLASSES = {  # name: (class, {attribute: Arg})
         features=Arg((4, 8), positive_ints), attention=Arg(None, choice_or_none(*ATTENTION_KINDS),
                                                            ATTENTION_KINDS),
         attention_kwargs=Arg(None, mapping_or_none, [{"reduction": 2}]),
+        placement=Arg("path", choice("path", "residual"), ["residual"]),
         batch_norm=Arg(True, boolean))),
     "ResNet": (ra_nn.ResNet, dict(
         stage_sizes=Arg((1, 1), positive_ints), width=Arg(8, positive_int),
@@ -385,6 +386,7 @@ MODULE_CLASSES = {  # name: (class, {attribute: Arg})
         num_classes=Arg(1, positive_int), features=Arg((4,), positive_ints),
         embed_dim=Arg(8, positive_int),
         pooling=Arg("attention", choice("attention", "gated", "mean", "max"), ["max"]),
+        level=Arg("embedding", choice("embedding", "instance"), ["instance"]),
         hidden=Arg(4, positive_int))),
 }
 

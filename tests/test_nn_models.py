@@ -54,6 +54,9 @@ CLASSIFIERS = {
         4, backbone_kwargs={"features": (8, 16)}, attention="cbam",
         attention_kwargs={"reduction": 4}, head="multiscale",
         head_kwargs={"grids": ((1, 1), (2, 2), (4, 4))}, **kw),
+    "small_cnn_residual_cbam": lambda **kw: rn.RegionAttentionClassifier(
+        4, backbone_kwargs={"features": (8, 16), "placement": "residual"}, attention="cbam",
+        attention_kwargs={"reduction": 4}, head=None, **kw),
     "resnet18_se_region": lambda **kw: rn.RegionAttentionClassifier(
         4, backbone="resnet18", backbone_kwargs={"width": 4}, attention="se",
         attention_kwargs={"reduction": 4}, head_kwargs={"grid": (2, 2)}, **kw),
@@ -119,18 +122,61 @@ def test_attention_map_comes_from_the_head_not_the_stage_attention():
 
 def test_attention_net_map_is_the_sigmoid_of_its_attention_conv():
   model = rn.AttentionNet(3, features=(4, 6))
-  x = jax.random.normal(jax.random.key(0), (2, 5, 7, 3))
+  x = jax.random.normal(jax.random.key(0), (5, 5, 7, 3))
   variables = model.init(jax.random.key(1), x)
-  logits, state = model.apply(variables, x, mutable=["intermediates"])
+  (logits, state), (_, features) = (
+      model.apply(variables, x, train=True, mutable=["intermediates", "batch_stats"]),
+      model.apply(variables, x, capture_intermediates=lambda m, _: m.name == "conv_1",
+                  mutable=["intermediates"]))
   attention = np.asarray(rn.attention_maps(state, (5, 7)))
   assert ((attention > 0) & (attention < 1)).all()
-  # Logits are the spatial mean of the 1x1 class conv applied to features * map.
-  _, features = model.apply(variables, x, capture_intermediates=lambda m, _: m.name == "conv_1",
-                            mutable=["intermediates"])
+  # Logits: Dense(BatchNorm over the batch of mean_hw(features * map)).
   feats = np.maximum(np.asarray(features["intermediates"]["conv_1"]["__call__"][0]), 0)
-  p = variables["params"]["classifier"]
-  expected = ((feats * attention[..., None]) @ p["kernel"][0, 0] + p["bias"]).mean((1, 2))
-  np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
+  pooled = (feats * attention[..., None]).mean((1, 2))
+  normalized = (pooled - pooled.mean(0)) / np.sqrt(pooled.var(0) + 1e-5)
+  norm, dense = variables["params"]["norm"], variables["params"]["classifier"]
+  expected = (normalized * norm["scale"] + norm["bias"]) @ dense["kernel"] + dense["bias"]
+  np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("placement", ["path", "residual"])
+def test_small_cnn_stage_attention_gates_the_path_or_only_the_residual_branch(placement):
+  """With every SE gate closed, the on-path placement outputs zeros; the published one
+  (on the residual branch) leaves the 1x1 shortcut: relu(BatchNorm(x @ W))."""
+  model = rn.SmallCNN(features=(4,), attention="se", attention_kwargs={"reduction": 2},
+                      placement=placement)
+  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+  variables = model.init(jax.random.key(1), x)
+  params = variables["params"]
+  if placement == "path":
+    params = {**params, "attention_0": {"mlp": {**params["attention_0"]["mlp"], "expand": {
+        "kernel": jnp.zeros((2, 4)), "bias": jnp.full((4,), -60.0)}}}}
+  else:
+    block = params["block_0"]
+    params = {"block_0": {**block, "bn2": {**block["bn2"], "scale": jnp.ones(4)},
+                          "attention": {"mlp": {**block["attention"]["mlp"], "expand": {
+                              "kernel": jnp.zeros((2, 4)), "bias": jnp.full((4,), -60.0)}}}}}
+  out = np.asarray(model.apply({**variables, "params": params}, x))
+  if placement == "path":
+    np.testing.assert_allclose(out, 0, atol=1e-12)
+  else:
+    shortcut = params["block_0"]["downsample_1"]
+    kernel = np.asarray(params["block_0"]["downsample_0"]["kernel"])[0, 0]
+    expected = np.maximum(np.asarray(x) @ kernel / np.sqrt(1 + 1e-5) * shortcut["scale"]
+                          + shortcut["bias"], 0)
+    assert np.abs(expected).max() > 0.1
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_small_cnn_default_placement_keeps_its_parameter_names():
+  """Checkpoints of the default model (and the README's run) stay loadable."""
+  x = jnp.zeros((1, 8, 8, 3))
+  path = rn.SmallCNN(features=(4, 6)).init(jax.random.key(0), x)["params"]
+  assert sorted(path) == ["bn_0", "bn_1", "conv_0", "conv_1"]
+  residual = rn.SmallCNN(features=(4, 6), placement="residual").init(jax.random.key(0), x)
+  assert sorted(residual["params"]) == ["block_0", "block_1"]
+  with pytest.raises(ValueError, match="placement"):
+    rn.SmallCNN(placement="branch").init(jax.random.key(0), x)
 
 
 def test_mil_classifier_sows_instance_weights_respecting_the_mask():
@@ -143,6 +189,39 @@ def test_mil_classifier_sows_instance_weights_respecting_the_mask():
   assert logits.shape == (2, 1)
   np.testing.assert_array_equal(weights[~mask], 0.0)
   np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "max"])
+def test_instance_level_mil_pools_instance_positive_probabilities(pooling):
+  """mi-Net: the bag's positive probability is the mean or max over its real instances of
+  each instance's own positive probability; the logits are (log(1 - P), log P)."""
+  model = rn.MILClassifier(2, features=(4,), embed_dim=8, pooling=pooling, level="instance")
+  x = jax.random.normal(jax.random.key(0), (2, 5, 6, 6, 1))
+  mask = np.array([[True, False, True, True, False], [True] * 5])
+  variables = model.init(jax.random.key(1), x, mask=mask)
+  logits, state = model.apply(variables, x, mask=mask, mutable=["intermediates"],
+                              capture_intermediates=lambda m, _: m.name == "classifier")
+  instance_logits = np.asarray(state["intermediates"]["classifier"]["__call__"][0])
+  positive = np.exp(instance_logits[..., 1]) / np.exp(instance_logits).sum(-1)  # (2, 5)
+  expected = [getattr(np, pooling)(p[m]) for p, m in zip(positive, mask)]
+  np.testing.assert_allclose(np.exp(logits[:, 1]), expected, rtol=1e-5)
+  np.testing.assert_allclose(np.exp(logits).sum(-1), 1.0, rtol=1e-5)
+  weights = np.asarray(rn.instance_weights(state))
+  np.testing.assert_array_equal(weights[~mask], 0.0)
+  if pooling == "max":  # the weight sits on the most positive real instance
+    top = [np.flatnonzero(m)[np.argmax(p[m])] for p, m in zip(positive, mask)]
+    np.testing.assert_array_equal(weights.argmax(-1), top)
+
+
+def test_instance_level_mil_learns_and_rejects_what_it_cannot_pool():
+  x, labels = _batch((8, 4, 6, 6, 1), 2)
+  model = rn.MILClassifier(2, features=(8,), embed_dim=16, pooling="max", level="instance")
+  first, last = _overfit(model, x, labels, steps=150)
+  assert last < first / 10, (first, last)
+  for kwargs in ({"num_classes": 3, "pooling": "max"}, {"num_classes": 2,
+                                                         "pooling": "attention"}):
+    with pytest.raises(ValueError, match="level='instance'"):
+      rn.MILClassifier(features=(4,), level="instance", **kwargs).init(jax.random.key(0), x)
 
 
 def test_conv_class_is_one_attribute():

@@ -48,10 +48,10 @@ def _pair(name):
   """(torch model, flax model, input NCHW shape) of each converted configuration."""
   torch.manual_seed(0)
   if name == "attention_net":
-    return ra_torch.AttentionNet(NUM_CLASSES), ra_nn.AttentionNet(NUM_CLASSES), (3, 3, 12, 12)
+    return ra_torch.AttentionNet(NUM_CLASSES), ra_nn.AttentionNet(NUM_CLASSES), (8, 3, 12, 12)
   if name == "attention_net_fast_conv":
     return (ra_torch.AttentionNet(NUM_CLASSES, features=(16, 24)),
-            ra_nn.AttentionNet(NUM_CLASSES, features=(16, 24), conv=Conv), (3, 3, 12, 12))
+            ra_nn.AttentionNet(NUM_CLASSES, features=(16, 24), conv=Conv), (8, 3, 12, 12))
   return (ra_torch.RegionAttentionClassifier(NUM_CLASSES, features=(8, 16, 24)),
           ra_nn.RegionAttentionClassifier(NUM_CLASSES, backbone_kwargs={"features": (8, 16, 24)}),
           (4, 3, 32, 32))
@@ -85,8 +85,7 @@ def test_outputs_and_gradients_match(name, train):
   logits = torch_model(x)
   F.cross_entropy(logits, torch.from_numpy(labels)).backward()
   flax_logits = flax_model.apply(variables, nhwc, train=train,
-                                 mutable=["batch_stats"] if train and name == "region_classifier"
-                                 else False)
+                                 mutable=["batch_stats"] if train else False)
   flax_logits = flax_logits[0] if isinstance(flax_logits, tuple) else flax_logits
   _close(flax_logits, logits.detach().numpy(), 1e-5)
 
@@ -98,9 +97,10 @@ def test_outputs_and_gradients_match(name, train):
 
 # Adam's first step is ~lr * g / (|g| + eps): with eps = 1e-8 it is lr * sign(g), which
 # turns float32 gradient differences of ~1e-7 on near-zero gradients (e.g. the scorer's
-# output bias, whose true gradient is 0 under the softmax) into differences of lr. So the
-# end-to-end step uses eps = 1e-3 (sensitivity lr / eps * 1e-7 = 1e-7), and the update
-# rule itself is checked at the default eps on identical gradients.
+# output bias, whose true gradient is 0 under the softmax) into differences of lr; the
+# BatchNorm on AttentionNet's pooled features leaves gradient differences up to ~1e-6 in
+# its convs. So the end-to-end step uses eps = 1e-2 (sensitivity lr / eps * 1e-6 = 1e-6),
+# and the update rule itself is checked at the default eps on identical gradients.
 @pytest.mark.parametrize("name", MODELS)
 def test_one_adam_train_step_gives_the_same_parameters(name):
   torch_model, flax_model, shape = _pair(name)
@@ -108,13 +108,13 @@ def test_one_adam_train_step_gives_the_same_parameters(name):
   labels = np.arange(shape[0]) % NUM_CLASSES
   variables = ra_torch.torch_to_flax(torch_model.state_dict())
 
-  optimizer = torch.optim.Adam(torch_model.parameters(), lr=LEARNING_RATE, eps=1e-3)
+  optimizer = torch.optim.Adam(torch_model.parameters(), lr=LEARNING_RATE, eps=1e-2)
   optimizer.zero_grad()
   F.cross_entropy(torch_model(torch.from_numpy(nchw)), torch.from_numpy(labels)).backward()
   optimizer.step()
 
   loss, params = _flax_loss(flax_model, variables, train=True)
-  tx = optax.adam(LEARNING_RATE, eps=1e-3)
+  tx = optax.adam(LEARNING_RATE, eps=1e-2)
   updates, _ = tx.update(jax.grad(loss)(params, nhwc, labels), tx.init(params), params)
   stepped = optax.apply_updates(params, updates)
   assert not np.allclose(stepped["classifier"]["kernel"], params["classifier"]["kernel"])

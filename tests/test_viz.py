@@ -206,6 +206,20 @@ def test_bar_chart_heights_and_error_bars():
   assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
 
 
+def test_learning_curves_draw_each_mean_with_its_band():
+  steps = np.array([100, 200, 300])
+  fig = viz.learning_curves([("a", steps, [0.2, 0.5, 0.6], [0.1, 0.0, 0.05]),
+                             ("b", steps, [0.3, 0.4, 0.7], [0.0, 0.0, 0.0])],
+                            ylabel="val accuracy")
+  ax = fig.axes[0]
+  assert [line.get_label() for line in ax.lines] == ["a", "b"]
+  np.testing.assert_allclose(ax.lines[0].get_ydata(), [0.2, 0.5, 0.6])
+  band = ax.collections[0].get_paths()[0].vertices  # the polygon between the edges
+  assert band[:, 1].max() == pytest.approx(0.65) and band[:, 1].min() == pytest.approx(0.1)
+  with pytest.raises(ValueError, match="one length"):
+    viz.learning_curves([("c", steps, [0.1, 0.2], [0, 0])], ylabel="y")
+
+
 def test_save_figure_writes_a_png(tmp_path):
   path = viz.save_attention_figure(str(tmp_path / "sub" / "f.png"),
                                    np.zeros((8, 8, 1), np.float32),

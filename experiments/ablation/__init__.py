@@ -6,6 +6,7 @@ each run and writes RESULTS.md.
     python -m experiments.ablation --out runs/ablation --report_only
 
 Modules: `run` (datasets, one run per (row, seed) in worker processes, per-run locks),
-`measure` (what the training job does not measure, from a run's checkpoint), `report`
-(metrics.json, tables, figures, RESULTS.md); the command line is `__main__`.
+`measure` (what the training job does not measure, from a run's checkpoint), `stats`
+(the convergence rule, paired intervals over seeds), `report` (metrics.json, tables,
+learning curves and figures, RESULTS.md); the command line is `__main__`.
 """

@@ -29,7 +29,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--data_dir", default="",
                       help="tfds data directory ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets)")
   parser.add_argument("--smoke", action="store_true",
-                      help="one step per row on the tiny datasets, seed 0 only")
+                      help="one step per row on the tiny datasets, each row's first seed only")
   parser.add_argument("--workers", type=int, default=2,
                       help="parallel runs (0: in this process, one after another)")
   parser.add_argument("--threads", type=int, default=1, choices=(1, 2),
@@ -78,8 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       *(argv if argv is not None else sys.argv[1:])])
   if not args.report_only:
     rows = selected_rows(args.tables.split(","), args.smoke, args.rows)
-    failed = run.train_table(rows, table.SEEDS[:1] if args.smoke else table.SEEDS, command,
-                             args)
+    failed = run.train_table(rows, command, args)
     if failed:
       print(f"failed runs: {failed}", flush=True)
       return 1

@@ -2,8 +2,10 @@
 
 `build_document` gathers the finished runs of `--out` into one document (environment,
 commands, sessions, per-row summary, every run), saved as `<results_dir>/metrics.json`;
-`write_report` renders RESULTS.md and the figures from that document, so a report can be
-re-rendered from metrics.json alone (the example attention figures then stay as they
+`write_report` renders RESULTS.md (tables with the convergence rule's verdict, paired
+95 % intervals against the plain CNN of each backbone) and the figures (learning curves,
+accuracy bars, attention panels) from that document, so a report can be re-rendered from
+metrics.json alone (the example attention figures then stay as they
 were drawn: their inputs live in the runs).
 """
 
@@ -23,22 +25,23 @@ import optax
 from experiments import timing
 from experiments.ablation import measure
 from experiments.ablation import run
+from experiments.ablation import stats
 from experiments.configs import ablation as table
 from regionatt_jax import viz
 from regionatt_jax.nn.models import HEAD_DEFAULTS
 
 METRICS_FILE = "metrics.json"
+CURVES_PREFIX = "curves_"  # the learning-curve figures
 METRICS = ("test_accuracy", "test_pointing_game", "params", "images_per_sec", "wall_time_s",
            "final_train_loss", "test_auc", "test_bag_accuracy", "instance_localization",
            "chance_localization")
 
 
-def collect_runs(out: str, rows: Sequence[table.Row], seeds: Sequence[int]
-                 ) -> list[dict[str, Any]]:
-  """The finished `result.json`s of the table, in row order."""
+def collect_runs(out: str, rows: Sequence[table.Row]) -> list[dict[str, Any]]:
+  """The finished `result.json`s of the rows (each with its table's seeds), in row order."""
   results = []
   for row in rows:
-    for seed in seeds:
+    for seed in row.seeds:
       path = os.path.join(run.run_dir(out, row, seed), run.RESULT_FILE)
       if os.path.exists(path):
         with open(path) as f:
@@ -46,9 +49,20 @@ def collect_runs(out: str, rows: Sequence[table.Row], seeds: Sequence[int]
   return results
 
 
-def summarize(results: Sequence[Mapping[str, Any]], metrics: Sequence[str]
+def _curves(runs: Sequence[Mapping[str, Any]]) -> list[tuple[list[float], list[float]]]:
+  return [(r["curve"]["step"], r["curve"]["val_accuracy"]) for r in runs
+          if r.get("curve") and r["curve"]["step"]]
+
+
+def summarize(results: Sequence[Mapping[str, Any]], metrics: Sequence[str] = METRICS
               ) -> dict[str, dict[str, Any]]:
-  """Per row key: `n`, and mean and sample std (ddof=1; 0 for one seed) of each metric."""
+  """Per row key: `n`, mean and sample std (ddof=1; 0 for one seed) of each metric, and
+  the learning curve over seeds.
+
+  `curve` is `stats.mean_curve` of the runs' validation curves (`{"step", "mean",
+  "std"}`), `val_gain_last_20pct` its `stats.tail_gain`, `converged` whether that gain is
+  below the rule's (None: no curve to tell), `converged_runs` how many runs converged.
+  """
   by_row: dict[str, list[Mapping[str, Any]]] = {}
   for result in results:
     by_row.setdefault(result["row"], []).append(result)
@@ -56,20 +70,23 @@ def summarize(results: Sequence[Mapping[str, Any]], metrics: Sequence[str]
   for key, runs in by_row.items():
     entry = {"n": len(runs), "name": runs[0]["name"], "table": runs[0]["table"],
              "family": runs[0]["family"], "train_examples": runs[0]["train_examples"],
-             "seeds": sorted(r["seed"] for r in runs)}
+             "seeds": sorted(r["seed"] for r in runs), "steps": runs[0].get("steps")}
     for metric in metrics:
       values = np.array([r[metric] for r in runs if r.get(metric) is not None], np.float64)
       if len(values):
         entry[metric] = {"mean": float(values.mean()),
                          "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
                          "min": float(values.min()), "max": float(values.max())}
+    curve = stats.mean_curve(_curves(runs))
+    entry["converged"] = entry["val_gain_last_20pct"] = None
+    if curve is not None:
+      steps, mean, std = curve
+      entry["curve"] = {"step": steps.tolist(), "mean": mean.tolist(), "std": std.tolist()}
+      entry["val_gain_last_20pct"] = stats.tail_gain(steps, mean)
+      entry["converged"] = stats.converged(steps, mean)
+      entry["converged_runs"] = sum(bool(r.get("converged")) for r in runs)
     summary[key] = entry
   return summary
-
-
-METRICS = ("test_accuracy", "test_pointing_game", "params", "images_per_sec", "wall_time_s",
-           "final_train_loss", "test_auc", "test_bag_accuracy", "instance_localization",
-           "chance_localization")
 
 
 def _pm(entry: Mapping[str, Any], metric: str, scale: float = 1.0, digits: int = 1) -> str:
@@ -83,17 +100,28 @@ def _mean(entry, metric, digits=0, statistic="mean") -> str:
   return f"{entry[metric][statistic]:.{digits}f}" if metric in entry else "-"
 
 
+def _converged(entry: Mapping[str, Any]) -> str:
+  """The table cell of the convergence rule: yes or **no** for the mean curve, with its
+  gain and the runs that converged; - without a curve."""
+  if entry.get("converged") is None:
+    return "-"
+  detail = (f"{100 * entry['val_gain_last_20pct']:+.1f}; "
+            f"{entry['converged_runs']}/{entry['n']} runs")
+  return f"yes ({detail})" if entry["converged"] else f"**no** ({detail})"
+
+
 def _table(summary: Mapping[str, Any], rows: Sequence[table.Row], header: Sequence[str],
            label, cells) -> str:
   """A markdown table: per row its `label(row)` cells, then `cells(entry)` of its
-  summary and the number of seeds (or "not run")."""
+  summary, the convergence cell and the number of seeds (or "not run")."""
+  header = [*header, "converged (val gain, last 20 %)", "seeds"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for row in rows:
     entry = summary.get(row.key)
     if entry is None:
       values = ["not run"] + [""] * (len(header) - len(label(row)) - 2) + ["0"]
     else:
-      values = [*cells(entry), str(entry["n"])]
+      values = [*cells(entry), _converged(entry), str(entry["n"])]
     lines.append("| " + " | ".join([*label(row), *values]) + " |")
   return "\n".join(lines)
 
@@ -101,9 +129,10 @@ def _table(summary: Mapping[str, Any], rows: Sequence[table.Row], header: Sequen
 def image_table(summary: Mapping[str, Any], rows: Sequence[table.Row]) -> str:
   return _table(
       summary, rows,
-      ["method", "family", "test accuracy (%)", "pointing game (%)", "params",
-       "train images/s (best seed)", "wall time / run (s, fastest seed)", "seeds"],
-      lambda row: [row.name, row.family],
+      ["method", "backbone, attention placement", "family", "test accuracy (%)",
+       "pointing game (%)", "params", "train images/s (best seed)",
+       "wall time / run (s, fastest seed)"],
+      lambda row: [row.label, row.backbone, row.family],
       lambda entry: [_pm(entry, "test_accuracy", 100), _pm(entry, "test_pointing_game", 100),
                      _mean(entry, "params"), _mean(entry, "images_per_sec", statistic="max"),
                      _mean(entry, "wall_time_s", statistic="min")])
@@ -114,7 +143,7 @@ def bag_table(summary: Mapping[str, Any], rows: Sequence[table.Row]) -> str:
       summary, rows,
       ["pooling", "training bags", "test AUC", "bag accuracy (%)",
        "instance localization (%)", "chance (%)", "params",
-       "wall time / run (s, fastest seed)", "seeds"],
+       "wall time / run (s, fastest seed)"],
       lambda row: [row.name, str(row.train_examples)],
       lambda entry: [_pm(entry, "test_auc", 1, 3), _pm(entry, "test_bag_accuracy", 100),
                      _pm(entry, "instance_localization", 100),
@@ -122,57 +151,90 @@ def bag_table(summary: Mapping[str, Any], rows: Sequence[table.Row]) -> str:
                      _mean(entry, "wall_time_s", statistic="min")])
 
 
-def compare(summary: Mapping[str, Any], rows: Sequence[table.Row], metric: str,
-            baseline: table.Row, scale: float = 100.0, digits: int = 1,
-            unit: str = " points") -> list[str]:
-  """Plain sentences: the best row, and each row against the baseline and the spread.
+def paired(results: Sequence[Mapping[str, Any]], row: table.Row, baseline: table.Row,
+           metric: str) -> dict[str, float] | None:
+  """`stats.paired_difference` of `row` minus `baseline` over the seeds both ran (None:
+  no common seed)."""
+  values = {(r["row"], r["seed"]): r.get(metric) for r in results}
+  seeds = sorted(seed for seed in set(row.seeds) & set(baseline.seeds)
+                 if values.get((row.key, seed)) is not None
+                 and values.get((baseline.key, seed)) is not None)
+  if not seeds:
+    return None
+  return stats.paired_difference([values[(row.key, s)] for s in seeds],
+                                 [values[(baseline.key, s)] for s in seeds])
 
-  A difference "exceeds the spread" when it is larger than the sum of the two rows'
-  seed standard deviations (their mean +- std intervals do not overlap).
+
+def _paired_text(found: Mapping[str, float], scale: float, digits: int) -> str:
+  """`+d [low, high]` in the metric's units."""
+  if found["n"] < 2:
+    return f"{scale * found['mean']:+.{digits}f} (one seed)"
+  return (f"{scale * found['mean']:+.{digits}f} [{scale * found['low']:+.{digits}f}, "
+          f"{scale * found['high']:+.{digits}f}]")
+
+
+def _verdict(found: Mapping[str, float]) -> str:
+  if found["n"] < 2:
+    return "one seed so far, no interval"
+  if found["low"] > 0:
+    return "a gain: the interval excludes 0"
+  if found["high"] < 0:
+    return "a loss: the interval excludes 0"
+  return "no difference shown: the interval holds 0"
+
+
+def compare(summary: Mapping[str, Any], results: Sequence[Mapping[str, Any]],
+            pairs: Sequence[tuple[table.Row, table.Row]], metric: str,
+            scale: float = 100.0, digits: int = 1, unit: str = " points") -> list[str]:
+  """Plain sentences: the best row, and each `(row, baseline)` pair's paired difference.
+
+  The difference is the mean over seeds of `row - baseline` on the same seed (same
+  initialization seed and data order), with its 95 % t interval (`stats.paired_difference`).
   """
+  rows = list(dict.fromkeys(row for pair in pairs for row in pair))
   done = [(row, summary[row.key]) for row in rows
           if row.key in summary and metric in summary[row.key]]
   if not done:
     return []
   best_row, best = max(done, key=lambda item: item[1][metric]["mean"])
   label = {"test_auc": "test AUC"}.get(metric, metric.replace("_", " "))
-  lines = [f"- Best {label}: **{best_row.name}**, "
+  lines = [f"- Best {label}: **{best_row.label}**, "
            f"{scale * best[metric]['mean']:.{digits}f} ± "
            f"{scale * best[metric]['std']:.{digits}f}."]
-  base = summary.get(baseline.key)
-  if base is None or metric not in base:
-    return lines
-  for row, entry in done:
-    if row is baseline:
+  for row, baseline in pairs:
+    found = paired(results, row, baseline, metric)
+    if found is None:
       continue
-    delta = entry[metric]["mean"] - base[metric]["mean"]
-    spread = entry[metric]["std"] + base[metric]["std"]
-    if min(entry["n"], base["n"]) < 2:
-      verdict = "one seed so far, no spread to compare with"
-    else:
-      verdict = ("exceeds" if abs(delta) > spread else "is within") + (
-          f" the seed spread (sum of stds {scale * spread:.{digits}f})")
-    lines.append(f"- {row.name} vs {baseline.name}: {scale * delta:+.{digits}f}{unit}; "
-                 f"{verdict}.")
+    lines.append(f"- {row.label} vs {baseline.label}: {_paired_text(found, scale, digits)}"
+                 f"{unit} over {found['n']} paired seeds; {_verdict(found)}.")
   return lines
 
 
-def clutter_gaps(summary: Mapping[str, Any]) -> str:
-  """A table of each attention row's accuracy gain over the plain CNN, per dataset."""
-  names = [row.name for row in table.HEAVY_ROWS[1:]]
-  lines = ["| accuracy gain over plain CNN (points) | " + " | ".join(names) + " |",
-           "|---|" + "---|" * len(names)]
+def baseline_pairs(rows: Sequence[table.Row]) -> list[tuple[table.Row, table.Row]]:
+  """Each row with the plain CNN of its own backbone (`ablation.baseline_of`)."""
+  return [(row, base) for row in rows
+          if (base := table.baseline_of(row, rows)) is not None]
+
+
+def region_vs_published(rows: Sequence[table.Row]) -> list[tuple[table.Row, table.Row]]:
+  """Each residual-backbone region head against each module in its published placement."""
+  heads = [row for row in rows if row.residual and row.family in ("region", "multiscale")]
+  modules = [row for row in rows if row.residual and row.family in ("channel", "spatial")]
+  return [(head, module) for head in heads for module in modules]
+
+
+def clutter_gaps(results: Sequence[Mapping[str, Any]]) -> str:
+  """A table of each attention row's paired gain over the plain CNN of its backbone, per
+  dataset, with its 95 % interval."""
+  labels = list(dict.fromkeys(row.label for _, rows in table.IMAGE_TABLES[1:]
+                              for row, _ in baseline_pairs(rows)))
+  lines = ["| gain over the plain CNN of the same backbone (points, 95 % CI) | "
+           + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
   for name_of_table, rows in table.IMAGE_TABLES:
-    by_name = {row.name: summary.get(row.key, {}) for row in rows}
-    base = by_name["plain CNN"].get("test_accuracy")
-    cells = []
-    for name in names:
-      entry = by_name.get(name, {}).get("test_accuracy")
-      if base is None or entry is None:
-        cells.append("-")
-        continue
-      cells.append(f"{100 * (entry['mean'] - base['mean']):+.1f} "
-                   f"(spread {100 * (entry['std'] + base['std']):.1f})")
+    found = {row.label: paired(results, row, base, "test_accuracy")
+             for row, base in baseline_pairs(rows)}
+    cells = ["-" if found.get(label) is None else _paired_text(found[label], 100, 1)
+             for label in labels]
     lines.append(f"| {table.dataset_of(name_of_table)} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
@@ -187,7 +249,7 @@ def localization_surprises(summary: Mapping[str, Any], rows: Sequence[table.Row]
       accuracy = entry["test_accuracy"]["mean"]
       pointing = entry["test_pointing_game"]["mean"]
       if pointing < accuracy - 0.2:
-        lines.append(f"- {row.name} classifies {100 * accuracy:.1f} % correctly, but its "
+        lines.append(f"- {row.label} classifies {100 * accuracy:.1f} % correctly, but its "
                      f"attention maximum falls on the digit only {100 * pointing:.1f} % "
                      f"of the time.")
   return lines
@@ -212,7 +274,7 @@ def table_pointing_ceiling(rows: Sequence[table.Row], data_dir: str) -> str:
 
 def _examples(out: str | None, row: table.Row) -> dict[str, np.ndarray] | None:
   """The figure examples of `row`'s first seed in `out` (None: not there, or no `out`)."""
-  path = out and os.path.join(run.run_dir(out, row, min(table.SEEDS)), run.EXAMPLES_FILE)
+  path = out and os.path.join(run.run_dir(out, row, min(row.seeds)), run.EXAMPLES_FILE)
   if not path or not os.path.exists(path):
     return None
   with np.load(path) as f:
@@ -221,6 +283,10 @@ def _examples(out: str | None, row: table.Row) -> dict[str, np.ndarray] | None:
 
 def _model_kwargs(row: table.Row) -> Mapping[str, Any]:
   return table.make_config(row, 0, data_dir="").model.kwargs
+
+
+def _curve_label(row: table.Row) -> str:
+  return row.label if row.train_examples is None else f"{row.name} n={row.train_examples}"
 
 
 def make_figures(out: str | None, summary: Mapping[str, Any], results_dir: str
@@ -243,13 +309,26 @@ def make_figures(out: str | None, summary: Mapping[str, Any], results_dir: str
     elif out is None and os.path.exists(path):
       figures.append((caption, path))
 
+  for name_of_table, rows in (*table.IMAGE_TABLES, ("bags", table.BAG_ROWS)):
+    title = table.dataset_of(name_of_table)
+    curves = [(_curve_label(row), *(summary[row.key]["curve"][k]
+                                     for k in ("step", "mean", "std")))
+              for row in rows if "curve" in summary.get(row.key, {})]
+    if curves:
+      save(f"{CURVES_PREFIX}{name_of_table}.png",
+           f"Learning curves on {title}: validation accuracy, mean ± std over seeds.",
+           functools.partial(
+               viz.learning_curves, [(label, steps, 100 * np.asarray(mean),
+                                      100 * np.asarray(std))
+                                     for label, steps, mean, std in curves],
+               ylabel="validation accuracy (%)", title=f"{title}: mean ± std over seeds"))
   for name_of_table, rows in table.IMAGE_TABLES:
     title = table.dataset_of(name_of_table)
     done = [row for row in rows if "test_accuracy" in summary.get(row.key, {})]
     if done:
       save(f"{name_of_table}_accuracy.png", f"Test accuracy on {title}, mean ± std over seeds.",
            functools.partial(
-               viz.bar_chart, [row.name for row in done],
+               viz.bar_chart, [row.label for row in done],
                [100 * summary[row.key]["test_accuracy"]["mean"] for row in done],
                [100 * summary[row.key]["test_accuracy"]["std"] for row in done],
                ylabel="test accuracy (%)", title=f"{title}: mean ± std over seeds"))
@@ -257,14 +336,14 @@ def make_figures(out: str | None, summary: Mapping[str, Any], results_dir: str
   if bags:
     save("bags_auc.png", "Bag AUC by pooling and training-set size, mean ± std over seeds.",
          functools.partial(
-             viz.bar_chart, [f"{row.name.split()[0]} n={row.train_examples}" for row in bags],
+             viz.bar_chart, [_curve_label(row) for row in bags],
              [summary[row.key]["test_auc"]["mean"] for row in bags],
              [summary[row.key]["test_auc"]["std"] for row in bags],
              ylabel="test AUC", title="digit_bags/16px: mean ± std over seeds",
              ylim=(0.4, 1.0)))
 
-  seed = min(table.SEEDS)
   for row in table.CLUTTERED_ROWS + table.HEAVY_ROWS + table.LARGE_ROWS:
+    seed = min(row.seeds)
     example = _examples(out, row)
     has_map = example is not None and "map" in example
     panel = levels = None
@@ -274,7 +353,7 @@ def make_figures(out: str | None, summary: Mapping[str, Any], results_dir: str
       panel = functools.partial(viz.attention_grid, example["image"][:4], example["map"][:4],
                                 grid=row.grid, boxes=example["box"][:4], titles=titles[:4])
     save(f"attention_{row.key}.png",
-         f"{row.name} ({row.family}) on {row.table}: attention overlay, ground-truth box "
+         f"{row.label} ({row.family}) on {row.table}: attention overlay, ground-truth box "
          f"(green), most attended region (red); seed {seed}, first test images.", panel)
     if row.family != "multiscale":
       continue
@@ -287,7 +366,7 @@ def make_figures(out: str | None, summary: Mapping[str, Any], results_dir: str
           [viz.coarser_weights(finest, grids[-1], grid) for grid in grids], grids,
           box=example["box"][0])
     save(f"levels_{row.key}.png",
-         f"{row.name} on {row.table}: region weights level by level (coarse levels are "
+         f"{row.label} on {row.table}: region weights level by level (coarse levels are "
          f"sums of their finer regions' weights).", levels)
   for row in table.BAG_ROWS:
     if (row.train_examples != max(table.BAG_TRAIN_SIZES)
@@ -330,18 +409,20 @@ def build_document(out: str, command: str) -> dict[str, Any] | None:
 
   Returns:
     `generated` (now, UTC), `environment` (of this machine), `command` (every
-    distinct command that trained runs into `out`), `seeds`, `summary` (per row),
+    distinct command that trained runs into `out`), `seeds` (per table), `summary` (per
+    row, `summarize`),
     `runs` (every result.json) and `sessions` (each training command's start,
     minutes, runs and workers).
   """
-  results = collect_runs(out, table.ROWS + table.REAL_ROWS, table.SEEDS)
+  results = collect_runs(out, table.ROWS + table.REAL_ROWS)
   if not results:
     return None
   commands = _read_lines(os.path.join(out, run.COMMANDS_FILE))
   return {"generated": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}",
           "environment": environment(),
           "command": "\n    ".join(dict.fromkeys(commands)) or command,
-          "seeds": list(table.SEEDS), "summary": summarize(results, METRICS), "runs": results,
+          "seeds": {name: list(t.seeds) for name, t in table.TABLES.items()},
+          "summary": summarize(results), "runs": results,
           "sessions": [json.loads(line)
                        for line in _read_lines(os.path.join(out, run.SESSIONS_FILE))]}
 
@@ -368,61 +449,105 @@ def write_report(document: Mapping[str, Any], *, out: str | None, results_md: st
     data_dir: tfds data directory, for the pointing-game ceilings (left out without
       the data).
   """
-  results, summary = document["runs"], document["summary"]
+  results = document["runs"]
+  summary = summarize(results)  # from the runs, so that old documents render alike
   figures = make_figures(out, summary, results_dir)
   relative = lambda path: os.path.relpath(path, os.path.dirname(os.path.abspath(results_md)))
-  steps = {name: "/".join(str(n) for n in sorted({r["steps"] for r in results
-                                                   if r["table"] == name})) or "-"
-           for name in table.TABLES}
   notes_path = os.path.join(results_dir, "NOTES.md")
   notes = open(notes_path).read() if os.path.exists(notes_path) else ""
   text = [
       "# Results: which attention helps, and does it look at the right place\n",
       f"Generated {document['generated']} UTC by\n",
       f"    {document['command']}\n",
-      f"from {len(results)} finished runs (seeds {document['seeds']}; the table and every "
-      "setting are in `experiments/configs/ablation.py`). Environment: "
-      f"{_environment_text(document['environment'])}.\n",
+      f"from {len(results)} finished runs (the tables and every setting are in "
+      "`experiments/configs/ablation.py`). Environment: "
+      f"{_environment_text(document['environment'])}. "
+      f"{_session_text(document.get('sessions', []))}\n",
       "Each run trains with `regionatt_jax.train.loop.train_and_evaluate` (AdamW, warmup "
-      "and cosine schedule, gradient clipping; batch 32, bags: batch 16) for "
-      f"{steps['cluttered']} steps (each image table) and {steps['bags']} (bags); these "
-      "are short runs sized for 2 CPU cores, so the numbers rank "
-      "methods early in training rather than at convergence. "
-      f"{_session_text(document.get('sessions', []))}"
-      "Mean ± sample std over seeds. Pointing game: the centre of the attention map's "
-      "maximum lies inside the digit's box (models without a spatial map: -). Train "
-      "images/s: steady state after compilation, one XLA thread per run, with another "
-      "run in parallel. Wall time: the whole run, including data loading, "
-      "compilation and evaluation of 2000 validation and 2000 test images.\n",
+      "and cosine schedule, gradient clipping; batch 32, bags: batch 16) and evaluates "
+      "on the validation split along the way, which gives its learning curve:\n",
+      budget_table(results, summary),
+      f"**Convergence rule.** A run has converged when its validation accuracy gains less "
+      f"than {100 * stats.CONVERGED_GAIN:.1f} points over the last "
+      f"{100 * stats.CONVERGED_TAIL:.0f} % of its steps (`experiments/ablation/stats.py`); "
+      "a row, when the mean of its seeds' curves has. The tables give that gain and mark "
+      "rows that did not converge **no**; their numbers rank methods before the end of "
+      "learning.\n",
+      "**Backbones.** SmallCNN: four stages of conv-BN-ReLU (16-32-64-64; five on the 128 "
+      "canvas), the README's default. Channel and spatial attention on it sit after each "
+      "stage's ReLU, on the network's only signal path: an extra row, not a published "
+      "placement. Residual SmallCNN (`placement=residual`): each stage a residual block "
+      "(conv-BN-ReLU-conv-BN, identity or 1x1 shortcut), the attention on the branch "
+      "before the add, as in SE-ResNet, the CBAM paper and coordinate attention's "
+      "networks. Every attention row is compared with the plain CNN of its own backbone. "
+      "AttentionNet is the seed network with BatchNorm on its pooled features "
+      "(`docs/attention_net.md` says why).\n",
+      "**Comparisons.** Mean ± sample std over seeds. A gain is paired: per seed, the row "
+      "minus the plain CNN of the same backbone on the same seed (same initialization "
+      "seed, same data order), averaged, with its 95 % t interval over the seeds; it is "
+      "a gain or a loss only where the interval excludes 0. Pointing game: the centre of "
+      "the attention map's maximum lies inside the digit's box (models without a spatial "
+      "map: -). Train images/s: steady state after compilation, one XLA thread per run, "
+      "with another run in parallel. Wall time: the whole run, including data loading, "
+      "compilation and the validation and test evaluations.\n",
   ]
   if notes:
     text += ["## Summary\n", notes.strip() + "\n"]
   bullets = lambda lines: "\n".join(lines) + "\n"
   for name, rows in table.IMAGE_TABLES:
     text += [f"## {table.TABLES[name].title}\n", image_table(summary, rows) + "\n",
-             bullets(compare(summary, rows, "test_accuracy", rows[0])
+             bullets(compare(summary, results, baseline_pairs(rows), "test_accuracy")
                      + localization_surprises(summary, rows))
              + table_pointing_ceiling(rows, data_dir)]
+    against_published = compare(summary, results, region_vs_published(rows),
+                                "test_accuracy")[1:]
+    if against_published:
+      text += ["Region heads against the channel and spatial modules in their published "
+               "placement (both on the residual SmallCNN), paired over seeds:\n",
+               bullets(against_published)]
   text += ["## Does the gap grow with clutter?\n",
-           "Mean gain over the plain CNN of the same table; spread = sum of the two rows' "
-           "seed standard deviations.\n", clutter_gaps(summary)]
+           "Paired gain over the plain CNN of the same backbone and table, with its 95 % "
+           "interval over seeds.\n", clutter_gaps(results)]
   text += [f"## {table.TABLES['bags'].title}\n", bag_table(summary, table.BAG_ROWS) + "\n"]
   for size in table.BAG_TRAIN_SIZES:
     rows = [row for row in table.BAG_ROWS if row.train_examples == size]
     mean_row = next(row for row in rows if row.name.startswith("mean"))
     text += [f"{size} training bags, test AUC against mean pooling:\n",
-             bullets(compare(summary, rows, "test_auc", mean_row, scale=1.0, digits=3,
-                             unit=""))]
+             bullets(compare(summary, results, [(row, mean_row) for row in rows
+                                                if row is not mean_row],
+                             "test_auc", scale=1.0, digits=3, unit=""))]
   for name in table.REAL_DATASETS:
     rows = [row for row in table.REAL_ROWS if row.table == name]
     if any(row.key in summary for row in rows):
       text += [f"## {table.TABLES[name].title}\n", image_table(summary, rows) + "\n",
-               bullets(compare(summary, rows, "test_accuracy", rows[0]))]
-  text += ["## Figures\n"]
-  text += [f"{caption}\n\n![{os.path.basename(path)}]({relative(path)})\n" for caption, path
-           in figures]
+               bullets(compare(summary, results, baseline_pairs(rows), "test_accuracy"))]
+  curves = [(c, p) for c, p in figures if os.path.basename(p).startswith(CURVES_PREFIX)]
+  for heading, chosen in (("## Learning curves\n", curves),
+                          ("## Figures\n", [f for f in figures if f not in curves])):
+    text += [heading] + [f"{caption}\n\n![{os.path.basename(path)}]({relative(path)})\n"
+                         for caption, path in chosen]
   with open(results_md, "w") as f:
     f.write("\n".join(text).replace("\n\n\n", "\n\n"))
+
+
+def budget_table(results: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> str:
+  """Per table with runs: dataset, steps, seeds, runs, and rows converged of rows with
+  a curve."""
+  lines = ["| table | dataset | steps | batch | seeds | runs | rows converged |",
+           "|---|---|---|---|---|---|---|"]
+  for name in table.TABLES:
+    runs = [r for r in results if r["table"] == name]
+    if not runs:
+      continue
+    told = [e["converged"] for e in summary.values()
+            if e["table"] == name and e.get("converged") is not None]
+    converged = f"{sum(told)} of {len(told)}" if told else "- (no curves)"
+    steps = "/".join(str(n) for n in sorted({r["steps"] for r in runs}))
+    batch = "/".join(str(n) for n in sorted({r["batch_size"] for r in runs if "batch_size" in r}))
+    seeds = ", ".join(str(n) for n in sorted({r["seed"] for r in runs}))
+    lines.append(f"| {name} | {table.dataset_of(name)} | {steps} | {batch} | {seeds} | "
+                 f"{len(runs)} | {converged} |")
+  return "\n".join(lines) + "\n"
 
 
 def save_document(document: Mapping[str, Any], results_dir: str) -> None:

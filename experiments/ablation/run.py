@@ -23,6 +23,7 @@ import numpy as np
 
 from experiments import timing
 from experiments.ablation import measure
+from experiments.ablation import stats
 from experiments.configs import ablation as table
 from regionatt_jax import data
 from regionatt_jax import train
@@ -136,12 +137,16 @@ def _train_and_measure(row: table.Row, seed: int, workdir: str, path: str, *, da
   config = table.make_config(row, seed, data_dir=data_dir, smoke=smoke)
   summary = train.train_and_evaluate(config, workdir)
   metrics, example = measure.measure(workdir, bags=row.table == "bags",
-                                     keep_example=seed == min(table.SEEDS))
+                                     keep_example=seed == min(row.seeds))
+  curve = learning_curve(workdir)
   result = {
-      "row": row.key, "name": row.name, "table": row.table, "family": row.family,
-      "seed": seed, "train_examples": row.train_examples,
+      "row": row.key, "name": row.name, "label": row.label, "table": row.table,
+      "family": row.family, "backbone": row.backbone, "seed": seed,
+      "train_examples": row.train_examples,
       "steps": config.train.steps, "batch_size": config.train.global_batch_size,
-      "dataset": config.dataset.name,
+      "dataset": config.dataset.name, "curve": curve,
+      "val_gain_last_20pct": stats.tail_gain(curve["step"], curve["val_accuracy"]),
+      "converged": stats.converged(curve["step"], curve["val_accuracy"]),
       **{key: summary[key] for key in ("test_accuracy", "test_pointing_game",
                                         "final_train_loss", "wall_time_s")},
       "images_per_sec": summary["train_images_per_sec"],
@@ -154,6 +159,14 @@ def _train_and_measure(row: table.Row, seed: int, workdir: str, path: str, *, da
     json.dump(result, f, indent=2)
   os.replace(path + ".tmp", path)
   return result
+
+
+def learning_curve(workdir: str) -> dict[str, list[float]]:
+  """The validation accuracy `(step, val_accuracy)` of the run in `workdir`, in order."""
+  records = [r for r in train.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+             if r["split"] == "val"]
+  return {"step": [r["step"] for r in records],
+          "val_accuracy": [r["accuracy"] for r in records]}
 
 
 def _worker_env(threads: int) -> dict[str, str]:
@@ -210,17 +223,24 @@ def run_all(jobs: Sequence[tuple[table.Row, int]], args) -> list[str]:
   return failed
 
 
-def train_table(rows: Sequence[table.Row], seeds: Sequence[int], command: str, args
-                ) -> list[str]:
-  """Trains every (row, seed) not yet finished in `args.out`; returns the failed runs.
+def jobs_of(rows: Sequence[table.Row], smoke: bool) -> list[tuple[table.Row, int]]:
+  """Every (row, seed) of `rows` (smoke: each row's first seed), seed-major, so that an
+  interrupted command has run every row with some seeds."""
+  seeds = {row.key: tuple(row.seeds)[:1] if smoke else tuple(row.seeds) for row in rows}
+  return [(row, seed) for seed in sorted(set().union(*seeds.values())) for row in rows
+          if seed in seeds[row.key]]
+
+
+def train_table(rows: Sequence[table.Row], command: str, args) -> list[str]:
+  """Trains every (row, seed) of `jobs_of(rows)` not yet finished in `args.out`; returns
+  the failed runs.
 
   Records `command` in `<out>/commands.txt` and its wall clock in `sessions.jsonl`.
   """
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, COMMANDS_FILE), "a") as f:
     f.write(command + "\n")
-  # Seed-major order: an interrupted run still has every row with some seeds.
-  jobs = [(row, seed) for seed in seeds for row in rows]
+  jobs = jobs_of(rows, args.smoke)
   started = datetime.datetime.now(datetime.timezone.utc)
   prepare_datasets(rows, args.data_dir, args.smoke)
   failed = run_all(jobs, args)

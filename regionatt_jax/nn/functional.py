@@ -267,8 +267,9 @@ def multiscale_coarse_to_fine(x, layouts, scorers: Sequence[Layer], normalize: s
   return y, weights, ra.attention_map(weights, finest, image_shape=x.shape[-3:-1])
 
 
-def attention_net(x, convs: Sequence[Layer], attention: Layer, classifier: Layer):
-  """AttentionNet: ReLU convs, `m = sigmoid(attention(x))`, `x * m`, `classifier`, mean.
+def attention_net(x, convs: Sequence[Layer], attention: Layer, norm: Layer,
+                  classifier: Layer):
+  """AttentionNet: ReLU convs, `m = sigmoid(attention(x))`, `classifier(norm(mean(x * m)))`.
 
   Returns:
     `(float32 logits (..., classes), m (..., H, W))`.
@@ -276,8 +277,16 @@ def attention_net(x, convs: Sequence[Layer], attention: Layer, classifier: Layer
   for conv in convs:
     x = jax.nn.relu(conv(x))
   m = jax.nn.sigmoid(attention(x))[..., 0]
-  x = x * m[..., None].astype(x.dtype)
-  return global_mean(classifier(x)).astype(jnp.float32), m
+  pooled = global_mean(x * m[..., None].astype(x.dtype))
+  return classifier(norm(pooled)).astype(jnp.float32), m
+
+
+def mi_net(instance_logits, pool: Layer):
+  """Instance-level MIL (mi-Net): `P = pool(p_k)` of the instances' positive-class
+  probabilities `p_k` (`instance_logits` `(..., N, 2)`); bag logits `(log(1 - P), log P)`."""
+  positive = jax.nn.softmax(instance_logits.astype(jnp.float32))[..., 1:]  # (..., N, 1)
+  bag = jnp.clip(pool(positive)[..., 0], 1e-7, 1 - 1e-7)
+  return jnp.stack([jnp.log1p(-bag), jnp.log(bag)], axis=-1)
 
 
 def residual_sum(x, branch, attention: Layer | None, downsample: Layer):

@@ -66,12 +66,13 @@ def _stage_attention(kind, kwargs, name: str, dtype, param_dtype):
 
 
 class AttentionNet(nn.Module):
-  """The seed network of region attention, fixed so that it runs and classifies.
+  """The seed network of region attention, fixed so that it runs and learns.
 
   conv 3x3 C->64, ReLU, conv 3x3 64->128, ReLU; attention map `m = sigmoid(conv1x1
-  128->1)`; features * m; conv 1x1 128->num_classes; global average pool -> logits.
-  The map `(B, H, W)` is sown as `attention_map`. `docs/attention_net.md` sets it beside
-  the network as first printed and says what was changed and why.
+  128->1)`; features * m; global average pool; BatchNorm; Dense -> logits. The map
+  `(B, H, W)` is sown as `attention_map`. `docs/attention_net.md` sets it beside the
+  network as first printed and says what was changed and why (the BatchNorm on the
+  pooled features is what lets it learn).
 
   Attributes:
     num_classes: number of classes.
@@ -101,28 +102,41 @@ class AttentionNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    """Args: x: `(..., H, W, C)` images; train: unused (no BatchNorm). Returns float32 `(..., classes)`."""
-    del train
+    """Args: x: `(..., H, W, C)` images; train: BatchNorm mode. Returns float32 `(..., classes)`."""
     x = _image(x, "AttentionNet", min_rank=3)
     conv = functools.partial(self.conv, dtype=self.dtype, param_dtype=self.param_dtype)
+    # The BatchNorm on the pooled features is what lets it learn (docs/attention_net.md).
     logits, attention = functional.attention_net(
         x, [conv(width, (3, 3), padding="SAME", name=f"conv_{i}")
             for i, width in enumerate(self.features)],
-        conv(1, (1, 1), name="attention"), conv(self.num_classes, (1, 1), name="classifier"))
+        conv(1, (1, 1), name="attention"),
+        nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
+                     param_dtype=self.param_dtype, name="norm"),
+        nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                 name="classifier"))
     self.sow("intermediates", ATTENTION_MAP, attention)
     return logits
 
 
-class SmallCNN(nn.Module):
-  """Stages of conv 3x3 -> BatchNorm -> ReLU -> attention, 2x2 max pool between stages.
+#: Where `SmallCNN` puts its stage attention (see `SmallCNN`).
+PLACEMENTS = ("path", "residual")
 
-  With the default (32, 64, 128) a 64x64 input leaves a 16x16x128 feature map.
+
+class SmallCNN(nn.Module):
+  """Stages of convolutions with BatchNorm and attention, 2x2 max pool between stages.
+
+  `placement="path"` (the default): each stage is conv 3x3 -> BatchNorm -> ReLU ->
+  attention, so the attention gates the network's only signal path. `"residual"`: each
+  stage is a `BasicBlock` (conv-BN-ReLU-conv-BN, attention on that branch before the
+  add, identity or 1x1-conv shortcut, ReLU), the placement of SE-ResNet and the CBAM
+  paper. With the default (32, 64, 128) a 64x64 input leaves a 16x16x128 feature map.
 
   Attributes:
     features: width of each stage.
     attention: per-stage attention name for `make_attention`, or None.
     attention_kwargs: options for it (see `STAGE_ATTENTION_DEFAULTS`).
-    batch_norm: use BatchNorm after each conv.
+    placement: `"path"` or `"residual"` (`PLACEMENTS`).
+    batch_norm: use BatchNorm after each conv (`placement="residual"` needs it).
     conv: conv class.
     dtype: compute dtype.
     param_dtype: parameter dtype.
@@ -130,6 +144,7 @@ class SmallCNN(nn.Module):
   features: Sequence[int] = (32, 64, 128)
   attention: str | None = None
   attention_kwargs: Mapping[str, Any] | None = None
+  placement: str = "path"
   batch_norm: bool = True
   conv: ModuleDef = Conv
   dtype: Dtype | None = None
@@ -137,6 +152,10 @@ class SmallCNN(nn.Module):
 
   def __post_init__(self):
     self._check_attributes(self)
+    # Linen only: the NNX twin has no residual stages yet.
+    _checks.choice(self.placement, "SmallCNN: placement", PLACEMENTS)
+    if self.placement == "residual" and not self.batch_norm:
+      raise ValueError("SmallCNN: placement='residual' needs batch_norm=True, got False")
     super().__post_init__()
 
   @staticmethod
@@ -152,17 +171,23 @@ class SmallCNN(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     """Args: x: `(..., H, W, C)`; train: BatchNorm mode. Returns `(..., H/2^(S-1), W/2^(S-1), F)`."""
+    attention = functools.partial(_stage_attention, self.attention, self.attention_kwargs,
+                                  dtype=self.dtype, param_dtype=self.param_dtype)
+    conv = functools.partial(self.conv, dtype=self.dtype, param_dtype=self.param_dtype)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                             dtype=self.dtype, param_dtype=self.param_dtype)
     for i, width in enumerate(self.features):
-      x = self.conv(width, (3, 3), padding="SAME", use_bias=not self.batch_norm,
-                    dtype=self.dtype, param_dtype=self.param_dtype, name=f"conv_{i}")(x)
-      if self.batch_norm:
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
-                         param_dtype=self.param_dtype, name=f"bn_{i}")(x)
-      x = nn.relu(x)
-      attention = _stage_attention(self.attention, self.attention_kwargs, f"attention_{i}",
-                                   self.dtype, self.param_dtype)
-      if attention is not None:
-        x = attention(x, train)
+      if self.placement == "residual":
+        x = BasicBlock(width, 1, attention, conv, norm, name=f"block_{i}")(x, train)
+      else:
+        x = conv(width, (3, 3), padding="SAME", use_bias=not self.batch_norm,
+                 name=f"conv_{i}")(x)
+        if self.batch_norm:
+          x = norm(name=f"bn_{i}")(x)
+        x = nn.relu(x)
+        stage_attention = attention(f"attention_{i}")
+        if stage_attention is not None:
+          x = stage_attention(x, train)
       if i < len(self.features) - 1:
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
     return x
@@ -349,7 +374,8 @@ class RegionAttentionClassifier(nn.Module):
     backbone: a key of `BACKBONES` (`"small_cnn"`, `"resnet18"`, `"resnet34"`,
       `"resnet50"`, ...). With `backbone_kwargs={"stem": "imagenet"}`, `head=None` and
       no attention a ResNet classifier is torchvision's model of that name.
-    backbone_kwargs: options of the backbone (e.g. `features=(32, 64, 128)`, `stem=...`).
+    backbone_kwargs: options of the backbone (e.g. `features=(32, 64, 128)`,
+      `placement="residual"` for the small CNN, `stem=...` for a ResNet).
     attention: per-stage attention name (see `make_attention`), or None.
     attention_kwargs: options of the per-stage attention.
     head: `"region"`, `"multiscale"` or None (plain global average pooling).
@@ -413,11 +439,22 @@ class RegionAttentionClassifier(nn.Module):
     return logits.astype(jnp.float32)
 
 
-class MILClassifier(nn.Module):
-  """Multiple-instance classifier: instance CNN -> embedding -> `AttentionPooling` -> Dense.
+#: How `MILClassifier` classifies a bag: pool instance embeddings, then classify the
+#: bag ("embedding", MI-Net and attention MIL), or classify each instance, then pool
+#: their positive-class probabilities ("instance", mi-Net; Ilse et al., 2018, sec. 2.3).
+LEVELS = ("embedding", "instance")
 
-  The instance weights `(B, N)` are sown by the "pooling" submodule as
-  `instance_weights` (read them with `regionatt_jax.nn.instance_weights`).
+
+class MILClassifier(nn.Module):
+  """Multiple-instance classifier: instance CNN -> embedding -> pooling -> classifier.
+
+  `level="embedding"`: `AttentionPooling` of the embeddings, then Dense to the classes.
+  `level="instance"` (binary bags only, `num_classes=2`): Dense to 2 classes per
+  instance, `p_k` its positive-class probability, `P = pool_k p_k` (mean or max over
+  the real instances), bag logits `(log(1 - P), log P)`. The instance weights `(B, N)`
+  are sown by the "pooling" submodule as `instance_weights` (read them with
+  `regionatt_jax.nn.instance_weights`; instance-level max pooling: 1 on the most
+  positive instance).
 
   Attributes:
     num_classes: number of bag classes (1 for a single binary logit).
@@ -426,7 +463,9 @@ class MILClassifier(nn.Module):
       16x16 instance a receptive field of 15 px, the whole digit (see
       `docs/modules.md`).
     embed_dim: instance embedding width.
-    pooling: `"attention"`, `"gated"`, `"mean"` or `"max"`.
+    pooling: `"attention"`, `"gated"`, `"mean"` or `"max"` (instance level: `"mean"` or
+      `"max"`).
+    level: `"embedding"` or `"instance"` (`LEVELS`).
     hidden: width of the attention score.
     conv: conv class.
     dtype: compute dtype.
@@ -436,6 +475,7 @@ class MILClassifier(nn.Module):
   features: Sequence[int] = (16, 32, 64)
   embed_dim: int = 64
   pooling: str = "attention"
+  level: str = "embedding"
   hidden: int = 64
   conv: ModuleDef = Conv
   dtype: Dtype | None = None
@@ -453,6 +493,10 @@ class MILClassifier(nn.Module):
     _checks.positive_ints(a.features, "MILClassifier: features")
     _checks.integer(a.embed_dim, "MILClassifier: embed_dim")
     _checks.choice(a.pooling, "MILClassifier: pooling", POOLINGS)
+    _checks.choice(a.level, "MILClassifier: level", LEVELS)
+    if a.level == "instance" and (a.num_classes != 2 or a.pooling not in ("mean", "max")):
+      raise ValueError(f"MILClassifier: level='instance' needs num_classes=2 and pooling "
+                       f"'mean' or 'max', got {a.num_classes} and {a.pooling!r}")
     _checks.integer(a.hidden, "MILClassifier: hidden")
     _checks.function(a.conv, "MILClassifier: conv", "a conv module class")
     _checks.dtypes("MILClassifier", a.dtype, a.param_dtype)
@@ -474,8 +518,11 @@ class MILClassifier(nn.Module):
     h = SmallCNN(self.features, batch_norm=False, conv=self.conv, name="instance_cnn",
                  **kw)(x, train)
     h = nn.relu(nn.Dense(self.embed_dim, name="embed", **kw)(functional.global_mean(h)))
-    bag = AttentionPooling(self.pooling, self.hidden, name="pooling", **kw)(h, mask)
-    return nn.Dense(self.num_classes, name="classifier", **kw)(bag).astype(jnp.float32)
+    pooling = AttentionPooling(self.pooling, self.hidden, name="pooling", **kw)
+    classifier = nn.Dense(self.num_classes, name="classifier", **kw)
+    if self.level == "embedding":
+      return classifier(pooling(h, mask)).astype(jnp.float32)
+    return functional.mi_net(classifier(h), lambda p: pooling(p, mask))
 
 
 #: `config.model.name` -> model class.

@@ -63,14 +63,17 @@ class AttentionNet(nnx.Module):
     for i, (width_in, width_out) in enumerate(zip(widths, widths[1:])):
       setattr(self, f"conv_{i}", conv(width_in, width_out, (3, 3), padding="SAME"))
     self.attention = conv(widths[-1], 1, (1, 1))
-    self.classifier = conv(widths[-1], num_classes, (1, 1))
+    self.norm = nnx.BatchNorm(widths[-1], momentum=0.9, dtype=dtype, param_dtype=param_dtype,
+                              rngs=rngs)
+    self.classifier = nnx.Linear(widths[-1], num_classes, dtype=dtype,
+                                 param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, x, train: bool | None = None):
-    """Args: x: `(..., H, W, C)`; train: unused. Returns float32 `(..., classes)`."""
-    del train
+    """Args: x: `(..., H, W, C)`; train: BatchNorm mode. Returns float32 `(..., classes)`."""
     x = linen_models._image(x, "AttentionNet", min_rank=3)  # pylint: disable=protected-access
     logits, attention = functional.attention_net(
         x, [getattr(self, f"conv_{i}") for i in range(self.num_convs)], self.attention,
+        lambda y: self.norm(y, use_running_average=_batch_norm_mode(train)),
         self.classifier)
     sow(self, ATTENTION_MAP, attention)
     return logits
@@ -313,17 +316,19 @@ class MILClassifier(nnx.Module):
     features: widths of the instance CNN (no BatchNorm).
     embed_dim: instance embedding width.
     pooling: `"attention"`, `"gated"`, `"mean"` or `"max"`.
+    level: `"embedding"` or `"instance"` (mi-Net; see the Linen twin).
     hidden: width of the attention score.
     conv: conv class.
     dtype, param_dtype, rngs: as for `nnx.Linear`.
   """
 
   def __init__(self, in_features: int, num_classes: int, features: Sequence[int] = (16, 32, 64),
-               embed_dim: int = 64, pooling: str = "attention", hidden: int = 64,
-               conv: ConvDef = Conv, *, dtype: Dtype | None = None,
+               embed_dim: int = 64, pooling: str = "attention", level: str = "embedding",
+               hidden: int = 64, conv: ConvDef = Conv, *, dtype: Dtype | None = None,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
     check_like(linen_models.MILClassifier, locals())
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.level = level
     self.instance_cnn = SmallCNN(in_features, features, batch_norm=False, conv=conv, **kw)
     self.embed = nnx.Linear(features[-1], embed_dim, **kw)
     self.pooling = AttentionPooling(embed_dim, pooling, hidden, **kw)
@@ -337,4 +342,6 @@ class MILClassifier(nnx.Module):
     x = linen_models._image(x, "MILClassifier", min_rank=4)  # pylint: disable=protected-access
     h = self.instance_cnn(x, train)
     h = jax.nn.relu(self.embed(functional.global_mean(h)))
+    if self.level == "instance":
+      return functional.mi_net(self.classifier(h), lambda p: self.pooling(p, mask))
     return self.classifier(self.pooling(h, mask)).astype(jnp.float32)

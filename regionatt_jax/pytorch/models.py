@@ -58,7 +58,8 @@ def region_attention(x: torch.Tensor, score_fn: Callable[[torch.Tensor], torch.T
 
 
 class AttentionNet(nn.Module):
-  """`regionatt_jax.nn.AttentionNet`: two 3x3 convs, a sigmoid attention map, 1x1 classifier.
+  """`regionatt_jax.nn.AttentionNet`: two 3x3 convs, a sigmoid attention map, global mean
+  pool, BatchNorm, Linear classifier.
 
   Args:
     num_classes: number of classes.
@@ -74,14 +75,16 @@ class AttentionNet(nn.Module):
       self.add_module(f"conv_{i}", nn.Conv2d(cin, cout, 3, padding=1))
     self.num_convs = len(features)
     self.attention = nn.Conv2d(features[-1], 1, 1)
-    self.classifier = nn.Conv2d(features[-1], num_classes, 1)
+    # Flax momentum 0.9 keeps 0.9 of the old statistics; PyTorch's 0.1 is the new share.
+    self.norm = nn.BatchNorm1d(features[-1], eps=1e-5, momentum=0.1)
+    self.classifier = nn.Linear(features[-1], num_classes)
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     """Args: x: `(B, C, H, W)` images. Returns: `(B, num_classes)` logits."""
     for i in range(self.num_convs):
       x = F.relu(getattr(self, f"conv_{i}")(x))
     x = x * torch.sigmoid(self.attention(x))
-    return self.classifier(x).mean(dim=(2, 3))
+    return self.classifier(self.norm(x.mean(dim=(2, 3))))
 
 
 class MLPScorer(nn.Module):

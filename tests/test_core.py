@@ -1,6 +1,7 @@
 """The pure functions against plain NumPy loops (tests/reference.py), eager and jitted."""
 
 import functools
+import re
 
 import chex
 import hypothesis
@@ -229,6 +230,85 @@ def test_region_attention_gradients(name, mode):
   fn = lambda x: ra.region_attention(x, ra.per_region(jnp.mean), normalize="softmax",
                                      aggregate=mode, **kw)[0]
   check_grads(fn, (x,), order=1, modes=["rev", "fwd"], atol=2e-2, rtol=2e-2)
+
+
+def numpy_pool(region, pool):
+  """A region `(h, w, C)` -> its pooled `(C',)`, by the definition of `pool=`."""
+  parts = {"mean": [region.mean((0, 1))], "max": [region.max((0, 1))],
+           "meanmax": [region.mean((0, 1)), region.max((0, 1))]}[pool]
+  return np.concatenate(parts).astype(np.float64)
+
+
+def pooled_scorer(channels):
+  """A nonlinear scorer of pooled regions `(..., N, C')` and its NumPy twin per region."""
+  projection = np.linspace(-1.0, 1.5, channels).astype(np.float32)
+  score_fn = lambda pooled: jnp.tanh(pooled @ projection) * 3.0
+  return score_fn, lambda features: float(np.tanh(features @ projection) * 3.0)
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+@pytest.mark.parametrize("kind", list(ra.weighting.NORMALIZERS))
+@pytest.mark.parametrize("pool", ra.weighting.POOLS)
+def test_pooled_region_attention_matches_loops(name, kind, pool):
+  kw = LAYOUTS[name]
+  x = random_image((2,) + IMAGE + (3,), seed=15)
+  score_fn, numpy_score = pooled_scorer(6 if pool == "meanmax" else 3)
+  mode = {"grid": "mean", "windows_overlap": "reassemble"}.get(name, "sum")
+  y, a = jax.jit(functools.partial(ra.region_attention, score_fn=score_fn, normalize=kind,
+                                   aggregate=mode, pool=pool, **kw))(x)
+  want_y, want_a = reference.region_attention(
+      x, lambda region: numpy_score(numpy_pool(region, pool)), kind, mode, **kw)
+  np.testing.assert_allclose(a, want_a, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(y, want_y, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["grid", "grid_pad", "windows_overlap"])
+@pytest.mark.parametrize("pool", ra.weighting.POOLS)
+def test_pooled_region_attention_gradients(name, pool):
+  x = jnp.asarray(random_image((2,) + IMAGE + (2,), seed=16))
+  score_fn, _ = pooled_scorer(4 if pool == "meanmax" else 2)
+  fn = lambda x: ra.region_attention(x, score_fn, pool=pool, **LAYOUTS[name])[0]
+  check_grads(fn, (x,), order=1, modes=["rev", "fwd"], atol=2e-2, rtol=2e-2)
+
+
+def test_pooled_max_gradient_splits_ties_as_jnp_max():
+  # After a ReLU whole regions are 0: every pixel ties for the max.
+  x = jnp.maximum(jnp.asarray(random_image((2, 8, 8, 3), seed=17)), 0.0).at[:, :4, :4].set(0)
+  score_fn, _ = pooled_scorer(3)
+  loss = lambda x, fn, pool: jnp.sum(
+      ra.region_attention(x, fn, grid=(2, 2), pool=pool)[0] ** 2)
+  grad_pooled = jax.grad(loss)(x, score_fn, "max")
+  grad_general = jax.grad(loss)(
+      x, lambda regions: score_fn(jnp.max(regions, axis=(-3, -2))), None)
+  np.testing.assert_allclose(grad_pooled, grad_general, rtol=1e-5, atol=1e-7)
+
+
+def test_pooled_region_attention_with_mask_vmap_and_low_precision():
+  x = random_image((3, 8, 12, 2), seed=18)
+  mask = np.array([[True, False, True, True, False, True]] * 3)
+  score_fn, numpy_score = pooled_scorer(4)
+  attend = functools.partial(ra.region_attention, score_fn=score_fn, grid=(2, 3),
+                             pool="meanmax")
+  _, a = jax.vmap(lambda xi, mi: attend(xi, mask=mi))(x, mask)
+  regions = reference.partition(x, grid=(2, 3))
+  scores = np.array([[numpy_score(numpy_pool(r, "meanmax")) for r in image]
+                     for image in regions])
+  np.testing.assert_allclose(a, reference.softmax(scores, mask), rtol=1e-5, atol=1e-7)
+  y16, _ = attend(jnp.asarray(x, jnp.bfloat16))
+  y32, _ = attend(x)
+  assert y16.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(y16, np.float32), y32, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("pool", ["mean", "meanmax"])
+def test_pooled_forward_and_backward_read_the_grid_in_place(pool):
+  """Pooling, weighted sum and their gradients work on the free reshape of x."""
+  score_fn, _ = pooled_scorer(16 if pool == "meanmax" else 8)
+  loss = lambda x: jnp.sum(ra.region_attention(x, score_fn, grid=(8, 8), pool=pool)[0] ** 2)
+  text = str(jax.make_jaxpr(jax.value_and_grad(loss))(jnp.zeros((2, 64, 64, 8))))
+  primitives = set(re.findall(r"= (\w[\w-]*)\[", text))  # nested jaxprs included
+  assert "reduce_sum" in primitives
+  assert not primitives & {"transpose", "gather", "scatter-add"}, primitives
 
 
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid", "sparsemax"])

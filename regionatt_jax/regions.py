@@ -49,6 +49,28 @@ class RegionLayout(NamedTuple):
     return self.stride == self.size
 
 
+def layout_arguments(grid=None, *, size=None, stride=None, pad: bool = False):
+  """Checks the layout arguments on their own, before any image is known.
+
+  Args:
+    grid, size, stride, pad: as in `region_layout`.
+
+  Returns:
+    `(grid, size, stride)` as pairs of ints: `(grid, None, None)` for a grid,
+    `(None, size, stride)` for windows, with `stride` defaulting to `size`.
+  """
+  _checks.boolean(pad, "pad")
+  if (grid is None) == (size is None):
+    raise ValueError(
+        f"give exactly one of grid= or size=, got grid={grid!r}, size={size!r}")
+  if grid is not None:
+    if stride is not None:
+      raise ValueError(f"stride= goes with size=, not grid=; got stride={stride!r}")
+    return _checks.int_pair(grid, "grid"), None, None
+  size = _checks.int_pair(size, "size")
+  return None, size, size if stride is None else _checks.int_pair(stride, "stride")
+
+
 def region_layout(image_shape, grid=None, *, size=None, stride=None,
                   pad: bool = False) -> RegionLayout:
   """Computes where the regions of an image lie.
@@ -68,13 +90,9 @@ def region_layout(image_shape, grid=None, *, size=None, stride=None,
   if not isinstance(image_shape, (tuple, list, np.ndarray)):
     raise TypeError(f"image_shape must be a pair (H, W) of ints, got {image_shape!r}")
   image = _checks.int_pair(image_shape, "image_shape")
-  if (grid is None) == (size is None):
-    raise ValueError(
-        f"give exactly one of grid= or size=, got grid={grid!r}, size={size!r}")
+  grid, size, stride = layout_arguments(grid, size=size, stride=stride, pad=pad)
   if grid is not None:
-    if stride is not None:
-      raise ValueError(f"stride= goes with size=, not grid=; got stride={stride!r}")
-    counts = _checks.int_pair(grid, "grid")
+    counts = grid
     for axis, (n, length) in enumerate(zip(counts, image)):
       if n > length:
         raise ValueError(
@@ -87,8 +105,6 @@ def region_layout(image_shape, grid=None, *, size=None, stride=None,
     size = tuple(-(-length // n) for n, length in zip(counts, image))
     return RegionLayout(image, counts, size, size)
 
-  size = _checks.int_pair(size, "size")
-  stride = size if stride is None else _checks.int_pair(stride, "stride")
   counts = []
   for axis, (length, sz, st) in enumerate(zip(image, size, stride)):
     if pad:
@@ -173,7 +189,15 @@ def unpartition(regions, grid=None, *, size=None, stride=None, image_shape=None,
   Returns:
     `(..., H, W, C)` image.
   """
-  regions = _checks.float_array(regions, "regions", min_rank=4)
+  return _unpartition(regions, "regions", grid, size=size, stride=stride,
+                      image_shape=image_shape, pad=pad)
+
+
+def _unpartition(regions, name: str, grid=None, *, size=None, stride=None,
+                 image_shape=None, pad: bool = False):
+  """`unpartition`, with errors about `regions` naming it `name`."""
+  regions = _checks.float_array(regions, name, min_rank=4)
+  _checks.boolean(pad, "pad")
   if image_shape is None:
     if grid is None or pad:
       raise ValueError(
@@ -182,7 +206,7 @@ def unpartition(regions, grid=None, *, size=None, stride=None, image_shape=None,
     gh, gw = _checks.int_pair(grid, "grid")
     image_shape = (gh * regions.shape[-3], gw * regions.shape[-2])
   layout = region_layout(image_shape, grid, size=size, stride=stride, pad=pad)
-  _check_regions(regions, layout, "regions")
+  _check_regions(regions, layout, name)
   (gh, gw), (hp, wp), (h, w) = layout.counts, layout.padded, layout.image
   if layout.is_grid:
     image = einops.rearrange(regions, "... (gh gw) h w c -> ... (gh h) (gw w) c",

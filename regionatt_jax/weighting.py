@@ -75,16 +75,17 @@ def normalize(scores, kind: str = "softmax", mask=None, temperature=1.0):
       `"sparsemax"` (sums to 1, exact zeros), or `"none"` (the scores as they are).
     mask: optional boolean `(..., N)` (or broadcastable) mask of valid regions. Masked
       regions get weight exactly 0; a row with no valid region gets all zeros.
-    temperature: scores are divided by it first; a positive float or a scalar array.
+    temperature: scores are divided by it first; a finite number > 0 (Python, NumPy or
+      a 0-d array). Its value is checked unless it is traced under `jit`.
 
   Returns:
     `(..., N)` weights, in the dtype of `scores`. The arithmetic runs in float32 for
     float16/bfloat16 scores.
   """
   scores = _checks.float_array(scores, "scores", min_rank=1)
+  _checks.nonempty_axis(scores, "scores", -1, "region (N)")
   _checks.choice(kind, "kind", NORMALIZERS)
-  if isinstance(temperature, (int, float)) and not temperature > 0:
-    raise ValueError(f"temperature must be > 0, got {temperature!r}")
+  _checks.real_scalar(temperature, "temperature", positive=True)
   if mask is None:
     mask = jnp.ones((), bool)
   mask = jnp.broadcast_to(_checks.bool_array(mask, "mask", scores.shape), scores.shape)
@@ -111,6 +112,7 @@ def weight(regions, weights):
     `(..., N, h, w, C)` weighted regions.
   """
   regions = _checks.float_array(regions, "regions", min_rank=4)
+  _checks.nonempty_axis(regions, "regions", -4, "region (N)")
   weights = _checks.float_array(weights, "weights", min_rank=1)
   _check_weights(regions, weights)
   return regions * weights[..., None, None, None].astype(regions.dtype)
@@ -134,10 +136,14 @@ def aggregate(weighted, mode: str = "sum", *, grid=None, size=None, stride=None,
     `(..., h, w, C)` for `"sum"`/`"mean"`; `(..., H, W, C)` for `"reassemble"`.
   """
   weighted = _checks.float_array(weighted, "weighted", min_rank=4)
+  _checks.nonempty_axis(weighted, "weighted", -4, "region (N)")
   _checks.choice(mode, "mode", AGGREGATIONS)
   if mode == "reassemble":
-    return regions_lib.unpartition(weighted, grid, size=size, stride=stride,
-                                   image_shape=image_shape, pad=pad)
+    if grid is None and size is None:
+      raise ValueError("mode='reassemble' puts the regions back in place and needs their "
+                       "layout: pass grid= or size= (with image_shape= for windows)")
+    return regions_lib._unpartition(weighted, "weighted", grid, size=size, stride=stride,  # pylint: disable=protected-access
+                                    image_shape=image_shape, pad=pad)
   total = jnp.sum(weighted, axis=-4, dtype=_accumulation_dtype(weighted.dtype))
   if mode == "mean":
     total = total / weighted.shape[-4]
@@ -153,14 +159,15 @@ def per_region(region_fn: Callable[[jax.Array], jax.Array]) -> ScoreFn:
   Returns:
     A function `(..., N, h, w, C) -> (..., N)` applying `region_fn` to every region.
   """
+  _checks.function(region_fn, "region_fn", "a function of one region `(h, w, C)`")
   def score_fn(regions):
     regions = _checks.float_array(regions, "regions", min_rank=4)
     flat = regions.reshape((-1,) + regions.shape[-3:])
-    scores = jax.vmap(region_fn)(flat)
-    if scores.shape != flat.shape[:1]:
+    scores = _checks.called(jax.vmap(region_fn), "region_fn", flat)
+    if getattr(scores, "shape", None) != flat.shape[:1]:
       raise ValueError(
           f"region_fn must map one region of shape {flat.shape[1:]} to a scalar, got "
-          f"shape {scores.shape[1:]}")
+          + (f"shape {scores.shape[1:]}" if hasattr(scores, "shape") else repr(scores)))
     return scores.reshape(regions.shape[:-3])
   return score_fn
 
@@ -366,18 +373,23 @@ def region_attention(x, score_fn: ScoreFn, grid=None, *, size=None, stride=None,
     `a` is the `(..., N)` weights.
   """
   x = _checks.float_array(x, "x", min_rank=3)
+  _checks.function(score_fn, "score_fn",
+                   "a function of the regions `(..., N, h, w, C)` (or pooled `(..., N, C')`)")
   _checks.choice(normalize, "normalize", NORMALIZERS)
   _checks.choice(aggregate, "aggregate", AGGREGATIONS)
+  _checks.real_scalar(temperature, "temperature", positive=True)
   if pool is not None:
     _checks.choice(pool, "pool", POOLS)
   region_args = dict(grid=grid, size=size, stride=stride, pad=pad)
   layout = regions_lib.region_layout(x.shape[-3:-1], **region_args)
+  if mask is not None:
+    mask = _checks.bool_array(mask, "mask", x.shape[:-3] + (layout.num_regions,))
   if pool is not None and layout.is_grid:
     features = _pooled_grid(x, layout, pool)
   else:
     regions = regions_lib.partition(x, **region_args)
     features = regions if pool is None else _pool(regions, pool).astype(x.dtype)
-  scores = score_fn(features)
+  scores = _checks.called(score_fn, "score_fn", features)
   expected = x.shape[:-3] + (layout.num_regions,)
   if not hasattr(scores, "shape") or tuple(scores.shape) != expected:
     seen = "regions" if pool is None else f"{pool}-pooled regions"
@@ -387,8 +399,7 @@ def region_attention(x, score_fn: ScoreFn, grid=None, *, size=None, stride=None,
         f"{tuple(getattr(scores, 'shape', ())) or type(scores).__name__}")
   if pad:
     has_pixels = regions_lib.region_mask(x.shape[-3:-1], **region_args).any(axis=(-2, -1))
-    mask = has_pixels if mask is None else (
-        _checks.bool_array(mask, "mask", scores.shape) & has_pixels)
+    mask = has_pixels if mask is None else mask & has_pixels
   weights = _normalize(scores, normalize, mask, temperature)
   if layout.is_grid:
     padded = regions_lib.pad_image(x, layout)

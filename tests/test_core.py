@@ -318,13 +318,88 @@ def test_normalize_gradients(kind):
               atol=2e-2, rtol=2e-2)
 
 
+def half_precision_bound(dtype, num_terms, magnitude, output):
+  """How far a half-precision weighted sum may lie from the float64 one.
+
+  The library rounds each score and each weight once to `dtype` (relative error u = eps/2
+  each, so eps on every term a_k R_k), sums `num_terms` terms in float32 (at most
+  `num_terms` float32 roundings of the running sum) and rounds the result once (u).
+
+  Args:
+    dtype: the half-precision dtype.
+    num_terms: N, the length of the reduction.
+    magnitude: `sum_k |a_k| |R_k|` in float64, elementwise.
+    output: the float64 result, elementwise.
+  """
+  eps, eps32 = float(jnp.finfo(dtype).eps), float(jnp.finfo(jnp.float32).eps)
+  return (eps + num_terms * eps32) * magnitude + eps / 2 * np.abs(output)
+
+
+def accumulated_in(dtype, terms):
+  """`sum_k terms[:, k]` accumulated left to right in `dtype`, as a naive kernel would."""
+  terms = np.asarray(terms).astype(dtype)
+  total = terms[:, 0]
+  for k in range(1, terms.shape[1]):
+    total = (total + terms[:, k]).astype(dtype)
+  return total.astype(np.float64)
+
+
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_region_attention_low_precision(dtype):
-  x = random_image((2, 16, 16, 4), seed=14)
-  y32, a32 = ra.region_attention(x, ra.per_region(jnp.mean), grid=(4, 4))
-  y, a = ra.region_attention(jnp.asarray(x, dtype), ra.per_region(jnp.mean), grid=(4, 4))
+@pytest.mark.parametrize("image,grid", [((16, 16), (8, 8)), ((64, 64), (32, 32))],
+                         ids=["64_regions_unrolled", "1024_regions_large_sums"])
+def test_region_attention_half_precision_against_float64(dtype, image, grid):
+  # Positive pixels in [1, 2] and sigmoid weights: the sum over 1024 regions reaches
+  # ~1000, where a half-precision running sum no longer moves by one term.
+  rng = np.random.default_rng(14)
+  x = jnp.asarray(rng.uniform(1, 2, (2,) + image + (3,)), dtype)
+  y, a = jax.jit(lambda x: ra.region_attention(x, ra.per_region(jnp.mean), grid=grid,
+                                               normalize="sigmoid"))(x)
   assert y.dtype == dtype and a.dtype == dtype
-  np.testing.assert_allclose(np.asarray(y, np.float32), y32, rtol=0.05, atol=0.05)
+  x64 = np.asarray(x, np.float64)  # the same rounded pixels, in float64
+  want_y, want_a = reference.region_attention(x64, lambda r: float(np.mean(r)), "sigmoid",
+                                              "sum", grid=grid)
+  eps = float(jnp.finfo(dtype).eps)
+  np.testing.assert_allclose(np.asarray(a, np.float64), want_a, rtol=eps, atol=0)
+  terms = want_a[:, :, None, None, None] * reference.partition(x64, grid=grid)
+  bound = half_precision_bound(dtype, terms.shape[1], np.abs(terms).sum(1), want_y)
+  error = np.abs(np.asarray(y, np.float64) - want_y)
+  assert (error <= bound).all(), (error.max(), bound.min())
+  if terms.shape[1] > 64:  # The bound has power: a half-precision accumulation breaks it.
+    naive = accumulated_in(dtype, terms)
+    assert (np.abs(naive - want_y) > bound).any()
+
+
+@pytest.mark.parametrize("grid", [(8, 8), (16, 16)], ids=["64_unrolled", "256_reduced"])
+def test_grid_sum_both_paths_match_loops(grid, use_jit):
+  """8x8 is the largest unrolled grid sum, 16x16 takes XLA's reduction (_reduced_grid_sum)."""
+  x = random_image((2, 32, 32, 3), seed=15)
+  for mode in ("sum", "mean"):
+    fn = functools.partial(ra.region_attention, score_fn=ra.per_region(mean_score),
+                           grid=grid, normalize="softmax", aggregate=mode)
+    y, a = maybe_jit(fn, use_jit)(x)
+    want_y, want_a = reference.region_attention(x, numpy_mean_score, "softmax", mode,
+                                                grid=grid)
+    np.testing.assert_allclose(a, want_a, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(y, want_y, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("grid", [(8, 8), (16, 16)])
+def test_grid_sum_gradient_matches_loops(grid):
+  """The reduction's tangent rule (the JVP of both paths) against the gradient by hand:
+  d/dx_p sum(c * y) with fixed weights is c at the pixel's position times its weight."""
+  from regionatt_jax import weighting  # pylint: disable=import-outside-toplevel
+  layout = ra.region_layout((32, 32), grid=grid)
+  x = random_image((32, 32, 2), seed=16)
+  a = np.abs(random_image((layout.num_regions,), seed=17))
+  c = random_image(layout.size + (2,), seed=18)
+  grad_x, grad_a = jax.grad(
+      lambda x, a: jnp.sum(c * weighting._weighted_grid_sum(x, a, layout, "sum")),
+      argnums=(0, 1))(x, a)
+  regions = reference.partition(x[None], grid=grid)[0]
+  want_a = np.einsum("nhwc,hwc->n", regions, c)
+  want_x = reference.unpartition((a[:, None, None, None] * c)[None], (32, 32), grid=grid)[0]
+  np.testing.assert_allclose(grad_a, want_a, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(grad_x, want_x, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("grid", [(4, 4), (16, 16)])
@@ -364,7 +439,7 @@ ERRORS = [
     (lambda: ra.normalize(np.zeros((2, 3)), "softermax"), ValueError, r"kind must be one of \['none', 'sigmoid', 'softmax', 'sparsemax'\], got 'softermax'"),
     (lambda: ra.normalize(np.zeros((2, 3)), mask=np.ones((2, 4), bool)), ValueError, r"mask must have a shape that broadcasts to \(2, 3\), got \(2, 4\)"),
     (lambda: ra.normalize(np.zeros((2, 3)), mask=np.ones((2, 3))), TypeError, r"mask must be a boolean array, got dtype float"),
-    (lambda: ra.normalize(np.zeros((2, 3)), temperature=0.0), ValueError, r"temperature must be > 0, got 0.0"),
+    (lambda: ra.normalize(np.zeros((2, 3)), temperature=0.0), ValueError, r"temperature must be a finite real number > 0, got 0.0"),
     (lambda: ra.normalize(np.zeros((2, 3), np.int32)), TypeError, r"scores must be a real floating"),
     (lambda: ra.weight(np.zeros((2, 4, 3, 3, 1)), np.zeros((2, 5))), ValueError, r"weights must have shape \(\.\.\., N\) with N = 4.*got \(2, 5\)"),
     (lambda: ra.aggregate(np.zeros((2, 4, 3, 3, 1)), "max"), ValueError, r"mode must be one of \['mean', 'reassemble', 'sum'\], got 'max'"),
@@ -376,6 +451,27 @@ ERRORS = [
     (lambda: ra.weight(np.zeros((3, 4, 2, 2, 1)), np.zeros((2, 4))), ValueError, r"regions and weights must have leading axes that broadcast together, got \(3,\) and \(2,\)"),
     (lambda: ra.region_boxes(7, grid=(2, 2)), TypeError, r"image_shape must be a pair \(H, W\) of ints, got 7"),
     (lambda: ra.normalize(np.zeros((2, 1)), mask=np.ones((2, 2), bool)), ValueError, r"mask must have a shape that broadcasts to \(2, 1\), got \(2, 2\)"),
+    # Arguments that are not arrays, or not numbers, are named before jnp.asarray sees them.
+    (lambda: ra.partition(None, grid=(2, 2)), TypeError, r"x must be an array, got NoneType None"),
+    (lambda: ra.partition("img", grid=(2, 2)), TypeError, r"x must be an array, got str 'img'"),
+    (lambda: ra.weight(np.zeros((1, 2, 2, 2, 1)), [1.0, "a"]), TypeError, r"weights must be an array, got list"),
+    (lambda: ra.normalize(np.zeros((2, 3)), mask="all"), TypeError, r"mask must be an array, got str"),
+    (lambda: ra.normalize(np.zeros((2, 3)), temperature=np.float32(np.nan)), ValueError, r"temperature must be a finite real number > 0, got nan"),
+    (lambda: ra.normalize(np.zeros((2, 3)), temperature=jnp.float32(0)), ValueError, r"temperature must be a finite real number > 0, got 0.0"),
+    (lambda: ra.normalize(np.zeros((2, 3)), temperature=np.inf), ValueError, r"temperature must be a finite real number > 0, got inf"),
+    (lambda: ra.normalize(np.zeros((2, 3)), temperature="2"), TypeError, r"temperature must be a finite real number > 0, got str '2'"),
+    (lambda: ra.normalize(np.zeros((2, 3)), temperature=None), TypeError, r"temperature must be .*got NoneType None"),
+    (lambda: ra.normalize(np.zeros((2, 3)), temperature=np.ones(3)), TypeError, r"temperature must be .* \(a scalar\), got an array of shape \(3,\)"),
+    (lambda: ra.normalize(np.zeros((2, 3)), temperature=1 + 2j), TypeError, r"temperature must be .*got complex \(1\+2j\)"),
+    (lambda: ra.region_attention(np.zeros((1, 4, 4, 1)), "mean", grid=(2, 2)), TypeError, r"score_fn must be a function of the regions .*got str 'mean'"),
+    (lambda: ra.per_region("mean"), TypeError, r"region_fn must be a function of one region"),
+    (lambda: ra.normalize(np.zeros((2, 3)), ["softmax"]), TypeError, r"kind must be a str, one of \['none', 'sigmoid', 'softmax', 'sparsemax'\], got list \['softmax'\]"),
+    (lambda: ra.aggregate(np.zeros((1, 2, 2, 2, 1)), {"sum"}), TypeError, r"mode must be a str"),
+    (lambda: ra.normalize(np.ones((2, 0))), ValueError, r"scores must have at least one entry along its region \(N\) axis \(axis -1\), got shape \(2, 0\)"),
+    (lambda: ra.aggregate(np.ones((2, 0, 2, 2, 1))), ValueError, r"weighted must have at least one entry along its region \(N\) axis"),
+    (lambda: ra.aggregate(np.ones((2, 3, 2, 2, 1)), "reassemble"), ValueError, r"mode='reassemble' .* needs their layout: pass grid= or size="),
+    (lambda: ra.partition(np.zeros((4, 4, 1)), grid=(2, 2), pad="no"), TypeError, r"pad must be a bool, got str 'no'"),
+    (lambda: ra.partition(np.zeros((4, 4, 1)), grid=np.array(2.0)), TypeError, r"grid must be an int or a pair of ints, got 2.0"),
 ]
 
 
@@ -383,6 +479,21 @@ ERRORS = [
 def test_errors_name_the_argument(call, error, message):
   with pytest.raises(error, match=message):
     call()
+
+
+@pytest.mark.parametrize("temperature", [np.float32(0), np.float64(np.nan), np.array(-1.0), 0])
+def test_temperature_is_checked_the_same_eager_and_under_jit(temperature):
+  scores = jnp.zeros((2, 3))
+  for fn in (ra.normalize, jax.jit(lambda s: ra.normalize(s, temperature=temperature))):
+    with pytest.raises(ValueError, match="temperature must be a finite real number > 0"):
+      fn(scores, temperature=temperature) if fn is ra.normalize else fn(scores)
+
+
+def test_traced_temperature_is_accepted():
+  """A temperature traced under jit has no value at trace time; it divides the scores."""
+  scores = jnp.asarray(random_image((2, 5), seed=19))
+  got = jax.jit(lambda s, t: ra.normalize(s, temperature=t))(scores, 2.0)
+  np.testing.assert_allclose(got, ra.normalize(scores / 2.0), rtol=1e-6)
 
 
 def test_errors_fire_under_jit_at_trace_time():

@@ -16,9 +16,7 @@ derandomized (reproducible in CI), `REGIONATT_FUZZ_RANDOM=1` draws new cases eac
 
 import collections
 import functools
-import json
 import os
-import re
 
 import flax.linen as nn
 import hypothesis
@@ -30,13 +28,12 @@ import pytest
 
 import regionatt_jax as ra
 from regionatt_jax import nn as ra_nn
+from tests import fuzz_helpers
 from tests import reference
+from tests.fuzz_helpers import names_in
 
 EXAMPLES = int(os.environ.get("REGIONATT_FUZZ_EXAMPLES", "50"))
-FUZZ = hypothesis.settings(
-    max_examples=EXAMPLES, deadline=None, database=None,
-    derandomize=not os.environ.get("REGIONATT_FUZZ_RANDOM"),
-    suppress_health_check=list(hypothesis.HealthCheck))
+FUZZ = fuzz_helpers.settings(EXAMPLES)
 
 #: (target, "ok" | "error") -> number of cases run.
 FUZZ_COUNTS: collections.Counter = collections.Counter()
@@ -56,12 +53,7 @@ rarely = st.sampled_from([False] * 7 + [True])
 def report_counts():
   """Prints the case counts after the module (and writes them where asked)."""
   yield
-  total = sum(FUZZ_COUNTS.values())
-  table = {f"{target}/{outcome}": n for (target, outcome), n in sorted(FUZZ_COUNTS.items())}
-  print(f"\nfuzz cases run: {total} {json.dumps(table)}")
-  if os.environ.get("REGIONATT_FUZZ_REPORT"):
-    with open(os.environ["REGIONATT_FUZZ_REPORT"], "w") as f:
-      json.dump({"total": total, "cases": table}, f, indent=2)
+  fuzz_helpers.report(FUZZ_COUNTS, "fuzz")
 
 
 def make_array(seed: int, shape, dtype: str, nan: bool = False, scale: float = 3.0):
@@ -81,10 +73,6 @@ def make_array(seed: int, shape, dtype: str, nan: bool = False, scale: float = 3
 
 def is_float(dtype: str) -> bool:
   return dtype in FLOAT_DTYPES
-
-
-def names_in(message: str, names) -> bool:
-  return any(re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", message) for name in names)
 
 
 def run_case(target: str, problems: set, call):
@@ -525,7 +513,8 @@ MODULE_EXAMPLES = max(EXAMPLES // 8, 5)  # per module: init + apply costs ~0.3 s
 
 @st.composite
 def module_cases(draw, name):
-  """`(module, x, problems, expected_shape_or_None[, call_kwargs])` of one call of `name`."""
+  """`(make_module, x, problems, expected_shape_or_None[, call_kwargs])` of one call of
+  `name`."""
   seed, shape, dtype, nan = draw(images())
   x = make_array(seed, shape, dtype, nan)
   problems = image_problems(shape, dtype)
@@ -534,7 +523,7 @@ def module_cases(draw, name):
     kw = draw(layouts(image if len(shape) >= 3 else (1, 1)))
     normalize = draw(st.sampled_from(["softmax", "sigmoid", "sparsemax", "none"]))
     mode = draw(st.sampled_from(["sum", "mean", "reassemble"]))
-    module = ra_nn.RegionAttention(normalize=normalize, aggregate=mode, **kw)
+    module = functools.partial(ra_nn.RegionAttention, normalize=normalize, aggregate=mode, **kw)
     problems = problems or layout_problems(image, **kw)
     if problems:
       return module, x, problems, None
@@ -548,7 +537,8 @@ def module_cases(draw, name):
       shape = lead + image + (channels,)
       x = make_array(seed, shape, dtype, nan)
     mode = draw(st.sampled_from(["parallel", "coarse_to_fine"] * 3 + ["sideways"]))
-    module = ra_nn.MultiScaleRegionAttention(
+    module = functools.partial(
+        ra_nn.MultiScaleRegionAttention,
         grids=grids, mode=mode, scorer=functools.partial(ra_nn.MLPScorer, hidden=(4,)))
     problems = problems | ({"mode"} if mode == "sideways" else set())
     for grid in grids:
@@ -569,12 +559,12 @@ def module_cases(draw, name):
     problems = ({"h"} if not is_float(dtype) or h.ndim < 2 else set()) | (
         {"kind"} if kind == "min" else set())
     problems = problems or mask_problem(mask_kind)
-    module = ra_nn.AttentionPooling(kind=kind, hidden=4)
+    module = functools.partial(ra_nn.AttentionPooling, kind=kind, hidden=4)
     return module, h, problems, h.shape[:-2] + h.shape[-1:], dict(mask=mask)
   if name in SCORERS:
     regions = x[..., None, :, :, :] if len(shape) >= 3 else x  # one region per image
     problems = {"regions"} if problems else set()
-    return SCORERS[name](), regions, problems, shape[:-3] + (1,)
+    return SCORERS[name], regions, problems, shape[:-3] + (1,)
   # Channel and spatial attention keep the shape of x.
   reduction = draw(st.sampled_from(divisors(channels) * 3 + [2, 3]))  # mostly dividing C
   kernel_size = draw(st.sampled_from([3, 3, 3, 2]))
@@ -584,7 +574,7 @@ def module_cases(draw, name):
       "SpatialAttention": lambda: ra_nn.SpatialAttention(kernel_size=3),
       "CBAM": lambda: ra_nn.CBAM(reduction=reduction, kernel_size=3),
       "CoordinateAttention": lambda: ra_nn.CoordinateAttention(reduction=reduction, min_hidden=2),
-  }[name]()
+  }[name]
   if not problems and name in ("SqueezeExcite", "CBAM") and channels % reduction:
     problems = {"reduction"}
   if not problems and name == "EfficientChannelAttention" and kernel_size % 2 == 0:
@@ -592,8 +582,10 @@ def module_cases(draw, name):
   return module, x, problems, shape
 
 
-def apply_module(module, x, kwargs):
-  """`init` then `apply` (inference mode)."""
+def apply_module(make_module, x, kwargs):
+  """Builds the module, then `init` and `apply` (inference mode): attributes are checked
+  at construction."""
+  module = make_module()
   variables = module.init(jax.random.PRNGKey(0), x, **kwargs)
   return module.apply(variables, x, **kwargs)
 

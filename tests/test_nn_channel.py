@@ -54,9 +54,7 @@ def test_bfloat16_params_and_compute(name):
   assert {p.dtype for p in jax.tree.leaves(variables["params"])} == {jnp.dtype(jnp.bfloat16)}
   y = jax.jit(module.apply)(variables, x)
   assert y.dtype == jnp.bfloat16
-  reference = jax.jit(MODULES[name]().apply)(jax.tree.map(lambda p: p.astype(jnp.float32), variables),
-                                    x.astype(jnp.float32))
-  np.testing.assert_allclose(y.astype(np.float32), reference, rtol=0.05, atol=0.05)
+  # Values: against float64 in test_half_precision_against_float64.
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
@@ -111,16 +109,21 @@ def _mlp(v, p):
   return hidden @ p["expand"]["kernel"] + p["expand"]["bias"]
 
 
-def _spatial(x, kernel):
-  """sigmoid(conv7x7([mean_c, max_c])) by explicit loops (cross-correlation, SAME)."""
-  pooled = np.stack([x.mean(-1), x.max(-1)], -1)
+def _conv_logits(pooled, kernel):
+  """The kxk conv of the pooled maps `(B, H, W, 2)` to one map, by explicit loops
+  (cross-correlation, SAME)."""
   k = kernel.shape[0]
   padded = np.pad(pooled, [(0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)])
-  logits = np.zeros(x.shape[:-1])
-  for i in range(x.shape[1]):
-    for j in range(x.shape[2]):
+  logits = np.zeros(pooled.shape[:-1])
+  for i in range(pooled.shape[1]):
+    for j in range(pooled.shape[2]):
       logits[:, i, j] = np.einsum("bhwc,hwc->b", padded[:, i:i + k, j:j + k], kernel[..., 0])
-  return _sigmoid(logits)
+  return logits
+
+
+def _spatial(x, kernel):
+  """sigmoid(conv7x7([mean_c, max_c]))."""
+  return _sigmoid(_conv_logits(np.stack([x.mean(-1), x.max(-1)], -1), kernel))
 
 
 def _params(module, x):
@@ -182,3 +185,82 @@ def test_coordinate_attention_updates_batch_stats_only_in_training():
   _, state = module.apply(variables, x, train=False, mutable=["batch_stats"])
   np.testing.assert_array_equal(state["batch_stats"]["bn"]["mean"],
                                 variables["batch_stats"]["bn"]["mean"])
+
+
+# Half precision against float64. Each module rounds every intermediate (pooled
+# statistics, each layer's output, the gate, the product) once to its dtype, with
+# relative error u = eps/2, and pools in float32. With `M_z` the float64 magnitude of the
+# gate logits (the same layers run on absolute values), an error of at most
+# `rounded_layers * u * M_z` in the logits moves a sigmoid gate g by at most a quarter of
+# that; the gated output `x * g` is rounded once more:
+#     |y - y64| <= 2 * (u |y64| + |x| (u g + (rounded_layers * u * M_z) / 4)),
+# the factor 2 covering products of (1 + u) terms and the float32 pooling.
+
+def _gate_bound(x, y, gate, logit_magnitude, rounded_layers, u):
+  return 2 * (u * np.abs(y) + np.abs(x) * (u * gate + rounded_layers * u * logit_magnitude / 4))
+
+
+def _se_half(x, p, mean):
+  """SE's output, gate and bound, for the spatial mean `mean` (B, C) of x."""
+  gate = _sigmoid(_mlp(mean, p["mlp"]))[:, None, None, :]
+  magnitude = _mlp(np.abs(mean), jax.tree.map(np.abs, p["mlp"]))[:, None, None, :]
+  return x * gate, gate, magnitude
+
+
+def _eca_half(x, p, mean):
+  w = p["conv"]["kernel"][:, 0, 0]
+  pad = len(w) // 2
+  conv = lambda v, w: np.stack([np.pad(v, [(0, 0), (pad, pad)])[:, c:c + len(w)] @ w
+                                for c in range(v.shape[-1])], -1)
+  gate = _sigmoid(conv(mean, w))[:, None, None, :]
+  return x * gate, gate, conv(np.abs(mean), np.abs(w))[:, None, None, :]
+
+
+def _spatial_half(x, p, mean):
+  del mean  # spatial attention pools over channels
+  kernel = p["conv"]["kernel"]
+  pooled = np.stack([x.mean(-1), x.max(-1)], -1)
+  gate = _sigmoid(_conv_logits(pooled, kernel))[..., None]
+  return x * gate, gate, _conv_logits(np.abs(pooled), np.abs(kernel))[..., None]
+
+
+HALF_MODULES = {  # module, its NumPy reference, rounded layers before the gate
+    "se": (lambda **kw: rn.SqueezeExcite(reduction=4, **kw), _se_half, 3),
+    "eca": (lambda **kw: rn.EfficientChannelAttention(kernel_size=5, **kw), _eca_half, 2),
+    "spatial": (lambda **kw: rn.SpatialAttention(kernel_size=5, **kw), _spatial_half, 2),
+}
+
+
+def _half_case(name, dtype, image):
+  make, reference, rounded_layers = HALF_MODULES[name]
+  # Pixels of one sign per channel: a 64x64 map's spatial sum reaches +-6000, where a
+  # half-precision running sum no longer moves by one pixel.
+  rng = np.random.default_rng(4)
+  signs = np.where(rng.random(16) < 0.5, -1.0, 1.0)
+  x = jnp.asarray(rng.uniform(0.5, 2, (2,) + image + (16,)) * signs, dtype)
+  module = make(dtype=dtype, param_dtype=dtype)
+  variables = module.init(jax.random.key(6), x)
+  y = np.asarray(jax.jit(module.apply)(variables, x), np.float64)
+  x64 = np.asarray(x, np.float64)  # the same rounded pixels and parameters, in float64
+  params = jax.tree.map(lambda v: np.asarray(v, np.float64), variables["params"])
+  u = float(jnp.finfo(dtype).eps) / 2
+  want, gate, magnitude = reference(x64, params, x64.mean((1, 2)))
+  bound = _gate_bound(x64, want, gate, magnitude, rounded_layers, u)
+  return x64, params, y, want, bound, reference
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("name", sorted(HALF_MODULES))
+@pytest.mark.parametrize("image", [(5, 6), (64, 64)], ids=["small", "large_sums"])
+def test_half_precision_against_float64(name, dtype, image):
+  x64, params, y, want, bound, reference = _half_case(name, dtype, image)
+  error = np.abs(y - want)
+  assert (error <= bound).all(), (error.max(), np.unravel_index((error - bound).argmax(), error.shape))
+  if name != "spatial" and image == (64, 64):
+    # The bound has power: the spatial mean accumulated in half precision breaks it.
+    pixels = x64.reshape(2, -1, 16)
+    naive_sum = pixels[:, 0].astype(dtype)
+    for k in range(1, pixels.shape[1]):
+      naive_sum = (naive_sum + pixels[:, k].astype(dtype)).astype(dtype)
+    naive, _, _ = reference(x64, params, np.asarray(naive_sum, np.float64) / pixels.shape[1])
+    assert (np.abs(naive - want) > bound).any()

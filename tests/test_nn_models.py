@@ -217,3 +217,54 @@ def test_resnet_parameter_counts_equal_torchvision(backbone, torchvision_count):
                              jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
   assert sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables["params"])) == (
       torchvision_count)
+
+
+# Module attributes are checked at construction, with the module and attribute named.
+BAD_ATTRIBUTES = [
+    (lambda: rn.SpatialAttention(kernel_size=0), ValueError, r"SpatialAttention: kernel_size must be a positive int, got 0"),
+    (lambda: rn.CBAM(kernel_size=0), ValueError, r"CBAM: kernel_size must be a positive int, got 0"),
+    (lambda: rn.EfficientChannelAttention(gamma=0.0), ValueError, r"EfficientChannelAttention: gamma must be a finite real number > 0, got 0.0"),
+    (lambda: rn.EfficientChannelAttention(kernel_size=4), ValueError, r"kernel_size must be a positive odd int, got 4"),
+    (lambda: rn.SpatialAttention(kernel_size=None), TypeError, r"SpatialAttention: kernel_size must be a positive int, got NoneType None"),
+    (lambda: rn.SpatialAttention(kernel_size=2.5), TypeError, r"kernel_size must be a positive int, got float 2.5"),
+    (lambda: rn.CBAM(kernel_size="7"), TypeError, r"CBAM: kernel_size must be a positive int, got str '7'"),
+    (lambda: rn.ConvScorer(kernel_size=-1), ValueError, r"ConvScorer: kernel_size must be a positive int, got -1"),
+    (lambda: rn.SqueezeExcite(reduction="4"), TypeError, r"SqueezeExcite: reduction must be a positive int, got str '4'"),
+    (lambda: rn.CBAM(reduction=None), TypeError, r"CBAM: reduction must be a positive int, got NoneType None"),
+    (lambda: rn.CoordinateAttention(reduction=1.5), TypeError, r"CoordinateAttention: reduction must be a positive int, got float 1.5"),
+    (lambda: rn.CoordinateAttention(momentum=float("nan")), ValueError, r"momentum must be a finite real number >= 0 <= 1, got nan"),
+    (lambda: rn.RegionAttention(grid=(2, 2), temperature=np.float32(0)), ValueError, r"RegionAttention: temperature must be a finite real number > 0"),
+    (lambda: rn.RegionAttention(grid=(2, 2), scorer="gated"), TypeError, r"RegionAttention: scorer must be a scorer module"),
+    (lambda: rn.RegionAttention(grid=(2, 2), normalize=["softmax"]), TypeError, r"RegionAttention: normalize must be a str"),
+    (lambda: rn.RegionAttention(grid=(2, 0)), ValueError, r"RegionAttention: grid must be >= 1"),
+    (lambda: rn.MultiScaleRegionAttention(grids=()), TypeError, r"grids must be a non-empty sequence"),
+    (lambda: rn.MLPScorer(hidden=(4, 0)), ValueError, r"MLPScorer: hidden must be a sequence of positive ints, got \(4, 0\)"),
+    (lambda: rn.SelfAttentionScorer(embed_dim=10, num_heads=4), ValueError, r"num_heads must divide embed_dim"),
+    (lambda: rn.GatedScorer(param_dtype=None), TypeError, r"GatedScorer: param_dtype must be a floating-point dtype"),
+    (lambda: rn.AttentionPooling(kind="min"), ValueError, r"AttentionPooling: kind must be one of"),
+    (lambda: rn.RegionAttentionClassifier(0), ValueError, r"RegionAttentionClassifier: num_classes must be a positive int, got 0"),
+    (lambda: rn.RegionAttentionClassifier(2, attention=["se"]), TypeError, r"RegionAttentionClassifier: attention must be a str"),
+    (lambda: rn.ResNet(stem="big"), ValueError, r"ResNet: stem must be one of"),
+    (lambda: rn.make_attention(["se"]), TypeError, r"make_attention: kind must be a str \(a key of ATTENTIONS\) or None, got list \['se'\]"),
+    (lambda: rn.make_attention("region", grid=(2, 2), scorer=["gated"]), TypeError, r"RegionAttention: scorer must be"),
+    (lambda: rn.make_attention("multiscale", scorer=3), TypeError, r"MultiScaleRegionAttention: scorer must be a scorer class or factory, got int 3"),
+    (lambda: rn.eca_kernel_size(64, gamma=0.0), ValueError, r"gamma must be a finite real number > 0, got 0.0"),
+    (lambda: rn.attention_maps({"attention_map": (jnp.ones((1, 2, 2)),)}, None), TypeError, r"image_shape must be an int or a pair of ints"),
+]
+
+
+@pytest.mark.parametrize("build,error,message", BAD_ATTRIBUTES,
+                         ids=[m[:40] for _, _, m in BAD_ATTRIBUTES])
+def test_bad_attributes_fail_at_construction(build, error, message):
+  with pytest.raises(error, match=message):
+    build()
+
+
+def test_validated_modules_survive_clone_and_init():
+  """Flax clones modules (`clone`, binding in `init`/`apply`): the checks rerun and pass."""
+  module = rn.RegionAttention(grid=(2, 2), temperature=0.5)
+  x = jnp.ones((1, 4, 4, 2))
+  variables = module.init(jax.random.key(0), x)
+  assert module.clone(temperature=2.0).apply(variables, x).shape == (1, 2, 2, 2)
+  with pytest.raises(ValueError, match="temperature"):
+    module.clone(temperature=-1.0)

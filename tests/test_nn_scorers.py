@@ -109,3 +109,111 @@ def test_bad_configuration_is_named():
     rn.SelfAttentionScorer(embed_dim=10, num_heads=4).init(jax.random.key(0), regions)
   with pytest.raises(ValueError, match=r"regions .*rank >= 4"):
     rn.MLPScorer().init(jax.random.key(0), regions[0, 0])
+
+
+# NumPy references of each scorer's equations, fed the module's own parameters.
+
+def _sigmoid(v):
+  return 1 / (1 + np.exp(-v))
+
+
+def _dense(v, p):
+  return v @ p["kernel"] + p["bias"]
+
+
+def _layer_norm(v, p, eps=1e-6):
+  centred = v - v.mean(-1, keepdims=True)
+  return centred / np.sqrt((centred**2).mean(-1, keepdims=True) + eps) * p["scale"] + p["bias"]
+
+
+def _gelu_tanh(v):
+  return 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v**3)))
+
+
+def _conv_same(x, kernel, bias):
+  """3x3 (any odd k) cross-correlation with zero SAME padding, by loops over positions."""
+  k = kernel.shape[0]
+  padded = np.pad(x, [(0, 0)] * (x.ndim - 3) + [(k // 2, k // 2), (k // 2, k // 2), (0, 0)])
+  out = np.zeros(x.shape[:-1] + (kernel.shape[-1],))
+  for i in range(x.shape[-3]):
+    for j in range(x.shape[-2]):
+      out[..., i, j, :] = np.einsum("...hwc,hwcd->...d", padded[..., i:i + k, j:j + k, :],
+                                    kernel)
+  return out + bias
+
+
+def _gru(xs, p):
+  """Flax's GRUCell over the sequence axis -2 from a zero state: all hidden states."""
+  h = np.zeros(xs.shape[:-2] + (p["hn"]["kernel"].shape[0],))
+  states = []
+  for t in range(xs.shape[-2]):
+    x = xs[..., t, :]
+    r = _sigmoid(_dense(x, p["ir"]) + h @ p["hr"]["kernel"])
+    z = _sigmoid(_dense(x, p["iz"]) + h @ p["hz"]["kernel"])
+    n = np.tanh(_dense(x, p["in"]) + r * _dense(h, p["hn"]))
+    h = (1 - z) * n + z * h
+    states.append(h)
+  return np.stack(states, -2)
+
+
+def _lstm(xs, p):
+  """Flax's LSTMCell over the sequence axis -2 from a zero state: all hidden states."""
+  h = np.zeros(xs.shape[:-2] + (p["hi"]["kernel"].shape[0],))
+  c = np.zeros_like(h)
+  states = []
+  for t in range(xs.shape[-2]):
+    x = xs[..., t, :]
+    gate = lambda name: x @ p["i" + name]["kernel"] + _dense(h, p["h" + name])
+    i, f, g, o = _sigmoid(gate("i")), _sigmoid(gate("f")), np.tanh(gate("g")), _sigmoid(gate("o"))
+    c = f * c + i * g
+    h = o * np.tanh(c)
+    states.append(h)
+  return np.stack(states, -2)
+
+
+def _self_attention(v, p, num_heads):
+  """Multi-head dot-product self-attention over axis -2 (Flax's projections per head)."""
+  project = lambda name: np.einsum("...nd,dhk->...nhk", v, p[name]["kernel"]) + p[name]["bias"]
+  q, k, values = project("query"), project("key"), project("value")
+  logits = np.einsum("...qhk,...nhk->...hqn", q, k) / np.sqrt(q.shape[-1])
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  heads = np.einsum("...hqn,...nhk->...qhk", weights, values)
+  assert heads.shape[-2] == num_heads
+  return np.einsum("...qhk,hkd->...qd", heads, p["out"]["kernel"]) + p["out"]["bias"]
+
+
+def _reference_scores(name, regions, p):
+  mean = regions.mean((-3, -2))
+  if name == "conv":
+    h = np.maximum(_conv_same(regions, p["conv_0"]["kernel"], p["conv_0"]["bias"]), 0)
+    return _dense(h.mean((-3, -2)), p["out"])[..., 0]
+  if name == "mlp":  # pool="meanmax": mean then max
+    h = np.concatenate([mean, regions.max((-3, -2))], -1)
+    return _dense(np.maximum(_dense(h, p["hidden_0"]), 0), p["out"])[..., 0]
+  if name == "gated":
+    q = p["attention"]
+    gated = np.tanh(_dense(mean, q["V"])) * _sigmoid(_dense(mean, q["U"]))
+    return _dense(gated, q["w"])[..., 0]
+  if name == "gru":
+    return _dense(_gru(mean, p["GRUCell_0"]), p["out"])[..., 0]
+  if name == "bilstm":  # forward states, then the backward ones in the original order
+    backward = _lstm(mean[..., ::-1, :], p["LSTMCell_1"])[..., ::-1, :]
+    return _dense(np.concatenate([_lstm(mean, p["LSTMCell_0"]), backward], -1),
+                  p["out"])[..., 0]
+  assert name == "self_attention"
+  h = _dense(mean, p["embed"]) + p["positions"]
+  h = h + _self_attention(_layer_norm(h, p["norm_attention"]), p["attention"], num_heads=2)
+  h = h + _dense(_gelu_tanh(_dense(_layer_norm(h, p["norm_mlp"]), p["mlp_in"])), p["mlp_out"])
+  return _dense(_layer_norm(h, p["norm_out"]), p["out"])[..., 0]
+
+
+@pytest.mark.parametrize("name", sorted(SCORERS))
+def test_scores_match_numpy_reference_of_the_equations(name):
+  regions = np.random.default_rng(7).normal(size=(2, 5, 3, 4, 4))
+  scorer = SCORERS[name]()
+  variables = jax.jit(scorer.init)(jax.random.key(3), regions.astype(np.float32))
+  params = jax.tree.map(lambda p: np.asarray(p, np.float64), variables["params"])
+  expected = _reference_scores(name, regions, params)
+  got = jax.jit(scorer.apply)(variables, regions.astype(np.float32))
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)

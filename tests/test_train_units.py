@@ -92,6 +92,8 @@ def test_build_model_names_unknown_model_and_field():
     ra_nn.build_model({"name": "MILClassifier", "kwargs": {"featurs": 4}}, 3)
   with pytest.raises(ValueError, match="'model.name'.*ResNet9000"):
     ra_nn.build_model({"name": "ResNet9000"}, 3)
+  with pytest.raises(TypeError, match="'model.name' must be a str.*list"):
+    ra_nn.build_model({"name": ["MILClassifier"]}, 3)
 
 
 # --- optimizer --------------------------------------------------------------------
@@ -211,7 +213,10 @@ def test_train_step_learns_and_keeps_float32_params(compute_dtype):
 def test_eval_step_ignores_padding_and_matches_numpy():
   state = state_lib.create_train_state(_config(), TinyCNN(), jax.random.PRNGKey(0), (1, 16, 16, 3))
   (batch,) = synthetic_batches(1, 8, seed=2)
-  boxes = np.tile(np.array([0, 0, 8, 8], np.float32), (8, 1))
+  # Quadrant boxes for the real examples (some maps point inside, some not); the padding
+  # examples' boxes cover the whole image, so counting them would add hits.
+  quadrants = [[0, 0, 8, 8], [0, 8, 8, 16], [8, 0, 16, 8], [8, 8, 16, 16], [4, 4, 12, 12]]
+  boxes = np.array(quadrants + [[0, 0, 16, 16]] * 3, np.float32)
   mask = np.arange(8) < 5
   _, evaluate, predict = step_lib.jit_steps(state)
   sums = evaluate(state, dict(batch, box=boxes, example_mask=mask))
@@ -223,7 +228,8 @@ def test_eval_step_ignores_padding_and_matches_numpy():
                              (logits.argmax(-1) == batch["label"][:5]).sum())
   np.testing.assert_allclose(float(sums["loss_sum"]),
                              -log_probs[np.arange(5), batch["label"][:5]].sum(), rtol=1e-5)
-  assert "pointing_hits" in sums
+  hits = sum(_pointing_reference(m, b) for m, b in zip(maps, boxes[:5]))
+  np.testing.assert_allclose(float(sums["pointing_hits"]), hits)
 
 
 # --- metrics ----------------------------------------------------------------------

@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
+from regionatt_jax import _checks
 from regionatt_jax.data import specs
 
 Batch = dict[str, np.ndarray]
@@ -31,6 +32,9 @@ Batch = dict[str, np.ndarray]
 
 def normalize_images(images: np.ndarray) -> np.ndarray:
   """uint8 pixels `[0, 255]` -> float32 `[-1, 1]`: `x / 127.5 - 1`."""
+  images = _checks.array(images, "images")
+  if images.dtype != np.uint8:
+    raise TypeError(f"images must be uint8 pixels in [0, 255], got dtype {images.dtype}")
   return images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
 
 
@@ -54,6 +58,7 @@ def _shift(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
   The same as zero-padding and cropping, without materializing the padded image.
   """
   height, width = image.shape[:2]
+  dy, dx = min(max(dy, -height), height), min(max(dx, -width), width)  # beyond: all zeros
   out = np.zeros_like(image)
   out[max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)] = (
       image[max(-dy, 0):height - max(dy, 0), max(-dx, 0):width - max(dx, 0)])
@@ -74,6 +79,9 @@ def augment_example(example: dict[str, np.ndarray], rng: np.random.Generator, *,
     hflip: flip left-right with probability 1/2.
     vflip: flip up-down with probability 1/2.
   """
+  _checks.integer(pad, "pad", minimum=0)
+  _checks.boolean(hflip, "hflip")
+  _checks.boolean(vflip, "vflip")
   image = example["image"]
   height, width = image.shape[:2]
   dy, dx = rng.integers(0, 2 * pad + 1, size=2)
@@ -117,16 +125,12 @@ def _open_source(name: str, split: str, data_dir: str, config) -> Any:
                      + specs.how_to_prepare(name, data_dir, config)) from error
 
 
-def _check_positive_int(value, argument: str) -> None:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-    raise ValueError(f"{argument} must be a positive int, got {value!r}")
-
-
 def host_batch_size(global_batch_size: int, process_count: int,
                     local_device_count: int) -> int:
   """The per-host batch; raises unless it splits evenly over hosts and their devices."""
-  _check_positive_int(global_batch_size, "global_batch_size")
-  _check_positive_int(process_count, "process_count")
+  _checks.integer(global_batch_size, "global_batch_size")
+  _checks.integer(process_count, "process_count")
+  _checks.integer(local_device_count, "local_device_count")
   num_devices = process_count * local_device_count
   if global_batch_size % num_devices:
     raise ValueError(
@@ -142,18 +146,20 @@ def make_dataset(name: str, split: str, *, data_dir: str, global_batch_size: int
                  config: tfds.core.BuilderConfig | None = None) -> grain.MapDataset:
   """The pipeline as a grain `MapDataset` of batches; see `make_iterator`."""
   spec = specs.dataset_spec(name, config)
-  if split not in spec.splits:
-    raise ValueError(f"split must be one of {sorted(spec.splits)}, got {split!r}")
+  _checks.choice(split, "split", spec.splits)
+  _checks.path(data_dir, "data_dir")
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   batch_size = host_batch_size(global_batch_size, process_count, jax.local_device_count())
-  if not 0 <= process_index < process_count:
+  if not 0 <= _checks.integer(process_index, "process_index", minimum=0) < process_count:
     raise ValueError(f"process_index must be in [0, process_count={process_count}), "
                      f"got {process_index}")
   if num_epochs is not None:
-    _check_positive_int(num_epochs, "num_epochs")
-  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-    raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    _checks.integer(num_epochs, "num_epochs")
+  _checks.integer(seed, "seed", minimum=0)
+  for flag, value in (("shuffle", shuffle), ("augment", augment),
+                      ("drop_remainder", drop_remainder)):
+    _checks.boolean(value, flag)
   if augment and spec.max_bag_size is not None:
     raise ValueError(f"augment=True is not supported for the bag dataset {name!r}")
 
@@ -216,6 +222,7 @@ def make_iterator(name: str, split: str, *, data_dir: str, global_batch_size: in
       message says how to prepare it), a batch that does not divide over hosts and
       devices, bad epochs or process index.
   """
+  _checks.integer(num_threads, "num_threads")
   dataset = make_dataset(
       name, split, data_dir=data_dir, global_batch_size=global_batch_size, seed=seed,
       shuffle=shuffle, augment=augment, num_epochs=num_epochs,
@@ -260,10 +267,10 @@ def padded_batches(name: str, split: str, *, data_dir: str, global_batch_size: i
   Raises:
     ValueError: as `make_iterator`; also a split with fewer examples than processes.
   """
-  local_size = global_batch_size // jax.process_count()
   iterator = make_iterator(name, split, data_dir=data_dir,
                            global_batch_size=global_batch_size, seed=seed, shuffle=False,
                            num_epochs=1, drop_remainder=False)
+  local_size = global_batch_size // jax.process_count()
   template = None
   while True:
     batch = next(iterator, None)
@@ -286,7 +293,7 @@ class DevicePrefetchIterator:
 
   def __init__(self, iterator: grain.DatasetIterator, size: int,
                sharding: jax.sharding.Sharding | None):
-    _check_positive_int(size, "size")
+    _checks.integer(size, "size")
     self._iterator = iterator
     self._size = size
     self._sharding = sharding

@@ -10,6 +10,7 @@ import jax
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
+from regionatt_jax import _checks
 from regionatt_jax.data import cluttered_digits, digit_bags
 
 # Offline datasets and real ones alike are read through `tfds.data_source`, which needs
@@ -170,6 +171,7 @@ def how_to_prepare(name: str, data_dir: str,
 
 def resolve_data_dir(data_dir: str) -> str:
   """`''` -> `$TFDS_DATA_DIR` or `~/tensorflow_datasets` (tfds's own default)."""
+  _checks.path(data_dir, "data_dir", empty=True)
   if data_dir:
     return os.path.expanduser(data_dir)
   return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
@@ -192,6 +194,8 @@ def prepare(name: str, data_dir: str, *, config: tfds.core.BuilderConfig | None 
     ValueError: for a real dataset that is not prepared in `data_dir` (they need a
       download; the message says how).
   """
+  dataset_spec(name, config)
+  _checks.path(data_dir, "data_dir")
   if jax.process_count() > 1 and jax.process_index() != 0:
     multihost_utils.sync_global_devices(f"regionatt_jax: {name} prepared")
   _prepare_here(name, data_dir, config)

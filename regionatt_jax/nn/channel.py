@@ -38,7 +38,7 @@ def _compute_dtype(x, dtype: Dtype | None):
 
 
 def _divisible_hidden(channels: int, reduction: int, module: str) -> int:
-  if reduction < 1 or channels % reduction:
+  if channels % reduction:
     raise ValueError(
         f"{module}: channels (last axis of x) must be divisible by reduction, "
         f"got channels={channels}, reduction={reduction}")
@@ -73,6 +73,11 @@ class SqueezeExcite(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
+  def __post_init__(self):
+    _checks.integer(self.reduction, "SqueezeExcite: reduction")
+    _checks.dtypes("SqueezeExcite", self.dtype, self.param_dtype)
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, x, train: bool = False):
     """Re-weights channels.
@@ -98,6 +103,9 @@ def eca_kernel_size(channels: int, gamma: float = 2.0, b: float = 1.0) -> int:
 
   Written as in the authors' code: `t = int(|(log2 C + b) / γ|)`, then `t` if odd else `t + 1`.
   """
+  _checks.integer(channels, "channels")
+  _checks.real_scalar(gamma, "gamma", positive=True)
+  _checks.real_scalar(b, "b")
   t = int(abs((math.log2(channels) + b) / gamma))
   return t if t % 2 else t + 1
 
@@ -118,6 +126,14 @@ class EfficientChannelAttention(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
+  def __post_init__(self):
+    if self.kernel_size is not None:
+      _checks.integer(self.kernel_size, "EfficientChannelAttention: kernel_size", odd=True)
+    _checks.real_scalar(self.gamma, "EfficientChannelAttention: gamma", positive=True)
+    _checks.real_scalar(self.b, "EfficientChannelAttention: b")
+    _checks.dtypes("EfficientChannelAttention", self.dtype, self.param_dtype)
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, x, train: bool = False):
     """Re-weights channels.
@@ -132,8 +148,6 @@ class EfficientChannelAttention(nn.Module):
     del train
     x = _feature_map(x, "EfficientChannelAttention")
     k = self.kernel_size or eca_kernel_size(x.shape[-1], self.gamma, self.b)
-    if k < 1 or k % 2 == 0:
-      raise ValueError(f"EfficientChannelAttention: kernel_size must be a positive odd int, got {k}")
     dtype = _compute_dtype(x, self.dtype)
     squeezed = jnp.mean(x.astype(jnp.float32), axis=(-3, -2)).astype(dtype)
     # Channels become the 1-D "length" axis of a single-feature conv.
@@ -156,6 +170,11 @@ class SpatialAttention(nn.Module):
   kernel_size: int = 7
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
+
+  def __post_init__(self):
+    _checks.integer(self.kernel_size, "SpatialAttention: kernel_size")
+    _checks.dtypes("SpatialAttention", self.dtype, self.param_dtype)
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -196,6 +215,12 @@ class CBAM(nn.Module):
   kernel_size: int = 7
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
+
+  def __post_init__(self):
+    _checks.integer(self.reduction, "CBAM: reduction")
+    _checks.integer(self.kernel_size, "CBAM: kernel_size")
+    _checks.dtypes("CBAM", self.dtype, self.param_dtype)
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -239,6 +264,13 @@ class CoordinateAttention(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
+  def __post_init__(self):
+    _checks.integer(self.reduction, "CoordinateAttention: reduction")
+    _checks.integer(self.min_hidden, "CoordinateAttention: min_hidden")
+    _checks.real_scalar(self.momentum, "CoordinateAttention: momentum", minimum=0, maximum=1)
+    _checks.dtypes("CoordinateAttention", self.dtype, self.param_dtype)
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, x, train: bool = False):
     """Re-weights by row and by column.
@@ -252,8 +284,6 @@ class CoordinateAttention(nn.Module):
     """
     x = _feature_map(x, "CoordinateAttention")
     height, channels = x.shape[-3], x.shape[-1]
-    if self.reduction < 1:
-      raise ValueError(f"CoordinateAttention: reduction must be >= 1, got {self.reduction}")
     hidden = max(self.min_hidden, channels // self.reduction)
     dtype = _compute_dtype(x, self.dtype)
     dense = lambda features, name: nn.Dense(  # a 1x1 conv

@@ -2,8 +2,8 @@
 
     make_attention("cbam", reduction=8)          # -> CBAM(reduction=8)
     make_attention("region", grid=(4, 4))        # -> RegionAttention(grid=(4, 4))
-    make_attention("region", scorer="conv")      # -> RegionAttention(scorer=ConvScorer())
-    make_attention("region", scorer="gated", scorer_kwargs={"hidden": 32})
+    make_attention("region", grid=(4, 4), scorer="conv")  # scorer=ConvScorer()
+    make_attention("region", grid=(4, 4), scorer="gated", scorer_kwargs={"hidden": 32})
     make_attention(None)                         # -> None (no attention)
 
 Every module returned is called as `module(x, train)` on a `(..., H, W, C)` feature map.
@@ -42,9 +42,14 @@ SCORERS: Mapping[str, type[nn.Module]] = {
 }
 
 
+def _fields(cls: type) -> set[str]:
+  """The attributes a module class takes as keywords (`name` included, `parent` not)."""
+  return {f.name for f in dataclasses.fields(cls) if f.init} - {"parent"}
+
+
 def check_fields(cls: type, kwargs: Mapping, key: str) -> None:
   """Raises `ValueError` naming `<key>.<field>` for each keyword `cls` does not take."""
-  fields = {f.name for f in dataclasses.fields(cls) if f.init} - {"parent", "name"}
+  fields = _fields(cls) - {"name"}
   unknown = sorted(set(kwargs) - fields)
   if unknown:
     raise ValueError(f"Unknown key '{key}.{unknown[0]}' for {cls.__name__}; it takes "
@@ -81,6 +86,18 @@ def _scorer_by_name(kind: str, kwargs: dict) -> dict:
   return {**kwargs, "scorer": scorer}
 
 
+def check_kind(kind, name: str) -> None:
+  """Checks that `kind` names an attention module: a key of `ATTENTIONS`, "none" or None."""
+  if kind is None:
+    return
+  if not isinstance(kind, str):
+    raise TypeError(f"{name} must be a str (a key of ATTENTIONS) or None, got "
+                    f"{type(kind).__name__} {kind!r}")
+  if kind != "none" and kind not in ATTENTIONS:
+    raise ValueError(f"{name}: unknown attention kind {kind!r}; need one of "
+                     f"{sorted(ATTENTIONS)} or None")
+
+
 def make_attention(kind: str | None, /, **kwargs) -> nn.Module | None:
   """Builds the attention module called `kind`.
 
@@ -96,19 +113,19 @@ def make_attention(kind: str | None, /, **kwargs) -> nn.Module | None:
     The unbound module, or None.
 
   Raises:
-    ValueError: unknown `kind` or scorer name.
-    TypeError: a keyword the module does not have.
+    ValueError: unknown `kind` or scorer name, or a bad option value.
+    TypeError: a `kind` that is not a str, a keyword the module does not have, or an
+      option of the wrong type.
   """
-  if kind is None or kind == "none":
+  if kind is None:
     return None
-  if kind not in ATTENTIONS:
-    raise ValueError(
-        f"make_attention: unknown attention kind {kind!r}; need one of "
-        f"{sorted(ATTENTIONS)} or None")
+  check_kind(kind, "make_attention: kind")
+  if kind == "none":
+    return None
   module = ATTENTIONS[kind]
   kwargs = _scorer_by_name(kind, kwargs)
-  try:
-    return module(**kwargs)
-  except TypeError as error:
-    raise TypeError(f"make_attention: bad options {sorted(kwargs)} for {kind!r} "
-                    f"({module.__name__}): {error}") from None
+  options = _fields(module)
+  if unknown := sorted(set(kwargs) - options):
+    raise TypeError(f"make_attention: bad options {unknown} for {kind!r} "
+                    f"({module.__name__}); it takes {sorted(options)}")
+  return module(**kwargs)

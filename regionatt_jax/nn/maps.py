@@ -20,6 +20,12 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
+from regionatt_jax import _checks
+
+#: `method`s of `attention_maps` (those of `jax.image.resize`).
+RESIZE_METHODS = ("nearest", "linear", "bilinear", "trilinear", "triangle", "cubic",
+                  "bicubic", "tricubic", "lanczos3", "lanczos5")
+
 ATTENTION_MAP = "attention_map"
 REGION_WEIGHTS = "region_weights"
 INSTANCE_WEIGHTS = "instance_weights"
@@ -92,7 +98,8 @@ def attention_maps(variables_or_intermediates, image_shape, *,
   Returns:
     `(..., H, W)` float32 map, e.g. `(B, H, W)` for a batch of images.
   """
-  height, width = (int(v) for v in image_shape)
+  height, width = _checks.int_pair(image_shape, "image_shape")
+  _checks.choice(method, "method", RESIZE_METHODS)
   maps = [jax.image.resize(m.astype(jnp.float32), m.shape[:-2] + (height, width), method)
           for m in topmost(variables_or_intermediates, ATTENTION_MAP)]
   return sum(maps[1:], maps[0]) / len(maps)

@@ -20,9 +20,10 @@ import jax.numpy as jnp
 
 from regionatt_jax import _checks
 from regionatt_jax.nn.conv import Conv
-from regionatt_jax.nn.factory import check_fields, make_attention
+from regionatt_jax.nn.factory import check_fields, check_kind, make_attention
 from regionatt_jax.nn.maps import ATTENTION_MAP
 from regionatt_jax.nn.pooling import AttentionPooling
+from regionatt_jax.nn.pooling import KINDS as POOLINGS
 
 Dtype = Any
 ModuleDef = Any
@@ -42,6 +43,18 @@ HEAD_DEFAULTS: Mapping[str, Mapping[str, Any]] = {
 
 def _image(x, module: str, min_rank: int = 4):
   return _checks.float_array(x, f"{module}: x (images `(B, H, W, C)`)", min_rank=min_rank)
+
+
+def _check_options(owner: str, name: str, options) -> None:
+  if options is not None and not isinstance(options, Mapping):
+    raise TypeError(f"{owner}: {name} must be a mapping of options or None, got "
+                    f"{type(options).__name__} {options!r}")
+
+
+def _check_stage_attention(owner: str, kind, options) -> None:
+  """Checks the `attention`/`attention_kwargs` pair of a backbone."""
+  check_kind(kind, f"{owner}: attention")
+  _check_options(owner, "attention_kwargs", options)
 
 
 def _global_mean(x):
@@ -75,6 +88,13 @@ class AttentionNet(nn.Module):
   conv: ModuleDef = Conv
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
+
+  def __post_init__(self):
+    _checks.integer(self.num_classes, "AttentionNet: num_classes")
+    _checks.positive_ints(self.features, "AttentionNet: features")
+    _checks.function(self.conv, "AttentionNet: conv", "a conv module class")
+    _checks.dtypes("AttentionNet", self.dtype, self.param_dtype)
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -112,6 +132,14 @@ class SmallCNN(nn.Module):
   conv: ModuleDef = Conv
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
+
+  def __post_init__(self):
+    _checks.positive_ints(self.features, "SmallCNN: features")
+    _check_stage_attention("SmallCNN", self.attention, self.attention_kwargs)
+    _checks.boolean(self.batch_norm, "SmallCNN: batch_norm")
+    _checks.function(self.conv, "SmallCNN: conv", "a conv module class")
+    _checks.dtypes("SmallCNN", self.dtype, self.param_dtype)
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -212,6 +240,9 @@ class Bottleneck(_Block):
     return self._residual_sum(x, y, train)
 
 
+STEMS = ("imagenet", "small")
+
+
 class ResNet(nn.Module):
   """ResNet laid out as torchvision's, so that its weights load by name (see
   `regionatt_jax.pytorch.from_torchvision`).
@@ -243,10 +274,18 @@ class ResNet(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
+  def __post_init__(self):
+    _checks.positive_ints(self.stage_sizes, "ResNet: stage_sizes")
+    _checks.integer(self.width, "ResNet: width")
+    _checks.choice(self.stem, "ResNet: stem", STEMS)
+    _check_stage_attention("ResNet", self.attention, self.attention_kwargs)
+    _checks.function(self.conv, "ResNet: conv", "a conv module class")
+    _checks.dtypes("ResNet", self.dtype, self.param_dtype)
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, x, train: bool = False):
     """Args: x: `(..., H, W, C)`; train: BatchNorm mode. Returns the last feature map."""
-    _checks.choice(self.stem, "ResNet: stem", ("imagenet", "small"))
     conv = functools.partial(self.conv, dtype=self.dtype, param_dtype=self.param_dtype)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                              epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -279,6 +318,10 @@ ResNet152 = functools.partial(ResNet, stage_sizes=(3, 8, 36, 3), block=Bottlenec
 BACKBONES: Mapping[str, ModuleDef] = {
     "small_cnn": SmallCNN, "resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50,
     "resnet101": ResNet101, "resnet152": ResNet152}
+
+
+#: Heads of `RegionAttentionClassifier` (or None).
+HEADS = ("region", "multiscale")
 
 
 class RegionAttentionClassifier(nn.Module):
@@ -314,6 +357,19 @@ class RegionAttentionClassifier(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
+  def __post_init__(self):
+    _checks.integer(self.num_classes, "RegionAttentionClassifier: num_classes")
+    _checks.choice(self.backbone, "RegionAttentionClassifier: backbone", BACKBONES)
+    _check_options("RegionAttentionClassifier", "backbone_kwargs", self.backbone_kwargs)
+    _check_stage_attention("RegionAttentionClassifier", self.attention,
+                           self.attention_kwargs)
+    if self.head is not None:
+      _checks.choice(self.head, "RegionAttentionClassifier: head", HEADS)
+    _check_options("RegionAttentionClassifier", "head_kwargs", self.head_kwargs)
+    _checks.function(self.conv, "RegionAttentionClassifier: conv", "a conv module class")
+    _checks.dtypes("RegionAttentionClassifier", self.dtype, self.param_dtype)
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, x, train: bool = False):
     """Classifies images.
@@ -326,10 +382,6 @@ class RegionAttentionClassifier(nn.Module):
       `(B, num_classes)` logits, float32.
     """
     x = _image(x, "RegionAttentionClassifier", min_rank=3)
-    _checks.choice(self.backbone, "RegionAttentionClassifier: backbone", BACKBONES)
-    if self.head not in (None, "region", "multiscale"):
-      raise ValueError(f"RegionAttentionClassifier: head must be 'region', 'multiscale' or "
-                       f"None, got {self.head!r}")
     features = BACKBONES[self.backbone](
         attention=self.attention, attention_kwargs=self.attention_kwargs, conv=self.conv,
         dtype=self.dtype, param_dtype=self.param_dtype, name="backbone",
@@ -370,6 +422,16 @@ class MILClassifier(nn.Module):
   conv: ModuleDef = Conv
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
+
+  def __post_init__(self):
+    _checks.integer(self.num_classes, "MILClassifier: num_classes")
+    _checks.positive_ints(self.features, "MILClassifier: features")
+    _checks.integer(self.embed_dim, "MILClassifier: embed_dim")
+    _checks.choice(self.pooling, "MILClassifier: pooling", POOLINGS)
+    _checks.integer(self.hidden, "MILClassifier: hidden")
+    _checks.function(self.conv, "MILClassifier: conv", "a conv module class")
+    _checks.dtypes("MILClassifier", self.dtype, self.param_dtype)
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, x, train: bool = False, mask=None):
@@ -426,9 +488,7 @@ def build_model(model_config: Mapping[str, Any], num_classes: int,
   Raises:
     ValueError: an unknown model name or constructor argument, naming the config key.
   """
-  name = model_config["name"]
-  if name not in MODELS:
-    raise ValueError(f"Config key 'model.name' must be one of {sorted(MODELS)}, got {name!r}.")
+  name = _checks.choice(model_config["name"], "Config key 'model.name'", MODELS)
   kwargs = model_config.get("kwargs") or {}
   kwargs = _tuples(kwargs.to_dict() if hasattr(kwargs, "to_dict") else dict(kwargs))
   check_fields(MODELS[name], kwargs, "model.kwargs")

@@ -43,6 +43,12 @@ class AttentionPooling(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
+  def __post_init__(self):
+    _checks.choice(self.kind, "AttentionPooling: kind", KINDS)
+    _checks.integer(self.hidden, "AttentionPooling: hidden")
+    _checks.dtypes("AttentionPooling", self.dtype, self.param_dtype)
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, h, mask=None):
     """Pools instances.
@@ -54,8 +60,8 @@ class AttentionPooling(nn.Module):
     Returns:
       `(..., D)` bag embedding. A bag with no valid instance pools to zeros.
     """
-    _checks.choice(self.kind, "AttentionPooling: kind", KINDS)
     h = _checks.float_array(h, "AttentionPooling: h (`(..., N, D)`)", min_rank=2)
+    _checks.nonempty_axis(h, "AttentionPooling: h", -2, "instance (N)")
     valid = jnp.ones(h.shape[:-1], bool) if mask is None else jnp.broadcast_to(
         _checks.bool_array(mask, "AttentionPooling: mask", h.shape[:-1]), h.shape[:-1])
     if self.kind == "max":

@@ -65,6 +65,25 @@ class RegionAttention(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
+  def __post_init__(self):
+    # Without grid or size the module is incomplete (make_attention("region") builds
+    # it); calling it says to give one.
+    if self.grid is not None or self.size is not None:
+      try:
+        ra.regions.layout_arguments(self.grid, size=self.size, stride=self.stride,
+                                    pad=self.pad)
+      except (ValueError, TypeError) as error:
+        raise type(error)(f"RegionAttention: {error}") from None
+    _checks.boolean(self.pad, "RegionAttention: pad")
+    if self.scorer is not None:
+      _checks.function(self.scorer, "RegionAttention: scorer",
+                       "a scorer module `(..., N, h, w, C) -> (..., N)` or None")
+    _checks.choice(self.normalize, "RegionAttention: normalize", ra.weighting.NORMALIZERS)
+    _checks.choice(self.aggregate, "RegionAttention: aggregate", ra.weighting.AGGREGATIONS)
+    _checks.real_scalar(self.temperature, "RegionAttention: temperature", positive=True)
+    _checks.dtypes("RegionAttention", self.dtype, self.param_dtype)
+    super().__post_init__()
+
   def _region_args(self):
     return dict(size=self.size, stride=self.stride, pad=self.pad)
 
@@ -130,6 +149,23 @@ class MultiScaleRegionAttention(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
+  def __post_init__(self):
+    if (not isinstance(self.grids, Sequence) or isinstance(self.grids, (str, bytes))
+        or not self.grids):
+      raise TypeError(f"MultiScaleRegionAttention: grids must be a non-empty sequence of "
+                      f"grids (gh, gw), got {self.grids!r}")
+    for grid in self.grids:
+      _checks.int_pair(grid, "MultiScaleRegionAttention: grids (each grid)")
+    _checks.choice(self.mode, "MultiScaleRegionAttention: mode", MODES)
+    _checks.function(self.scorer, "MultiScaleRegionAttention: scorer",
+                     "a scorer class or factory")
+    _checks.choice(self.normalize, "MultiScaleRegionAttention: normalize",
+                   ra.weighting.NORMALIZERS)
+    _checks.choice(self.aggregate, "MultiScaleRegionAttention: aggregate",
+                   ra.weighting.AGGREGATIONS)
+    _checks.dtypes("MultiScaleRegionAttention", self.dtype, self.param_dtype)
+    super().__post_init__()
+
   def _scorer(self, index: int):
     return self.scorer(dtype=self.dtype, param_dtype=self.param_dtype, name=f"scorer_{index}")
 
@@ -145,11 +181,8 @@ class MultiScaleRegionAttention(nn.Module):
       `(..., H, W, C)` (parallel) or as `aggregate` says over the finest grid.
     """
     del train
-    _checks.choice(self.mode, "MultiScaleRegionAttention: mode", MODES)
     x = _checks.float_array(
         x, "MultiScaleRegionAttention: x (feature map `(..., H, W, C)`)", min_rank=3)
-    if not self.grids:
-      raise ValueError("MultiScaleRegionAttention: grids must name at least one grid, got ()")
     layouts = [_layout(x, "MultiScaleRegionAttention", grid) for grid in self.grids]
     if self.mode == "parallel":
       return self._parallel(x, layouts)

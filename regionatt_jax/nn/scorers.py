@@ -50,6 +50,7 @@ def pool_regions(regions, pool: str = "mean", dtype: Dtype | None = None):
   """
   regions = _regions(regions, "pool_regions")
   _checks.choice(pool, "pool", POOLINGS)
+  _checks.float_dtype(dtype, "dtype")
   wide = regions.astype(jnp.float32)
   features = jnp.mean(wide, axis=(-3, -2))
   if pool == "meanmax":
@@ -74,6 +75,12 @@ class AttentionScore(nn.Module):
   gated: bool = False
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
+
+  def __post_init__(self):
+    _checks.integer(self.hidden, "AttentionScore: hidden")
+    _checks.boolean(self.gated, "AttentionScore: gated")
+    _checks.dtypes("AttentionScore", self.dtype, self.param_dtype)
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, h):
@@ -108,6 +115,12 @@ class MLPScorer(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
+  def __post_init__(self):
+    _checks.positive_ints(self.hidden, "MLPScorer: hidden")
+    _checks.choice(self.pool, "MLPScorer: pool", POOLINGS)
+    _checks.dtypes("MLPScorer", self.dtype, self.param_dtype)
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, regions):
     """Args: regions: `(..., N, h, w, C)`. Returns: `(..., N)` scores."""
@@ -132,6 +145,12 @@ class GatedScorer(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
+  def __post_init__(self):
+    _checks.integer(self.hidden, "GatedScorer: hidden")
+    _checks.choice(self.pool, "GatedScorer: pool", POOLINGS)
+    _checks.dtypes("GatedScorer", self.dtype, self.param_dtype)
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, regions):
     """Args: regions: `(..., N, h, w, C)`. Returns: `(..., N)` scores."""
@@ -155,6 +174,13 @@ class ConvScorer(nn.Module):
   conv: ModuleDef = Conv
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
+
+  def __post_init__(self):
+    _checks.positive_ints(self.features, "ConvScorer: features")
+    _checks.integer(self.kernel_size, "ConvScorer: kernel_size")
+    _checks.function(self.conv, "ConvScorer: conv", "a conv module class")
+    _checks.dtypes("ConvScorer", self.dtype, self.param_dtype)
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, regions):
@@ -197,10 +223,17 @@ class RecurrentScorer(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
+  def __post_init__(self):
+    _checks.integer(self.hidden, "RecurrentScorer: hidden")
+    _checks.choice(self.cell, "RecurrentScorer: cell", CELLS)
+    _checks.boolean(self.bidirectional, "RecurrentScorer: bidirectional")
+    _checks.choice(self.pool, "RecurrentScorer: pool", POOLINGS)
+    _checks.dtypes("RecurrentScorer", self.dtype, self.param_dtype)
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, regions):
     """Args: regions: `(..., N, h, w, C)`. Returns: `(..., N)` scores."""
-    _checks.choice(self.cell, "RecurrentScorer: cell", CELLS)
     h = pool_regions(regions, self.pool, self.dtype)
     lead, (n, d) = h.shape[:-2], h.shape[-2:]
     sequence = h.reshape((-1, n, d))  # nn.RNN scans (batch, time, features)
@@ -238,13 +271,22 @@ class SelfAttentionScorer(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
-  @nn.compact
-  def __call__(self, regions):
-    """Args: regions: `(..., N, h, w, C)`. Returns: `(..., N)` scores."""
+  def __post_init__(self):
+    _checks.integer(self.embed_dim, "SelfAttentionScorer: embed_dim")
+    _checks.integer(self.num_heads, "SelfAttentionScorer: num_heads")
     if self.embed_dim % self.num_heads:
       raise ValueError(
           f"SelfAttentionScorer: num_heads must divide embed_dim, got num_heads="
           f"{self.num_heads}, embed_dim={self.embed_dim}")
+    _checks.boolean(self.position_embeddings, "SelfAttentionScorer: position_embeddings")
+    _checks.integer(self.mlp_ratio, "SelfAttentionScorer: mlp_ratio")
+    _checks.choice(self.pool, "SelfAttentionScorer: pool", POOLINGS)
+    _checks.dtypes("SelfAttentionScorer", self.dtype, self.param_dtype)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, regions):
+    """Args: regions: `(..., N, h, w, C)`. Returns: `(..., N)` scores."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = nn.Dense(self.embed_dim, name="embed", **kw)(pool_regions(regions, self.pool, self.dtype))
     if self.position_embeddings:

@@ -8,6 +8,7 @@ Every key a run can set lives in `base_config()`; experiment files in
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Mapping
 
@@ -140,6 +141,8 @@ def _check_schema(config: Mapping[str, Any], schema: Mapping[str, Any], prefix: 
       raise TypeError(
           f"Config key {name!r} must be of type {type(expected).__name__}, "
           f"got {value!r} of type {type(value).__name__}.")
+    if isinstance(expected, float) and not math.isfinite(value):
+      raise ValueError(f"Config key {name!r} must be a finite number, got {value!r}.")
 
 
 def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,

@@ -36,6 +36,15 @@ def _layout(x, module: str, grid, size=None, stride=None, pad=False):
         f"{tuple(x.shape[-3:-1])} into regions: {error}") from None
 
 
+def _region_attention(x, scorer, grid, **kwargs):
+  """`ra.region_attention(x, scorer, grid, **kwargs)`; a pooled scorer (one with
+  `score_pooled` and `pool`, see `scorers.PooledScorer`) scores the pooled regions, read
+  in place from `x`."""
+  if hasattr(scorer, "score_pooled"):
+    return ra.region_attention(x, scorer.score_pooled, grid, pool=scorer.pool, **kwargs)
+  return ra.region_attention(x, scorer, grid, **kwargs)
+
+
 class RegionAttention(nn.Module):
   """`y, a = region_attention(x, scorer, ...)`: score, normalize, weight and aggregate regions.
 
@@ -47,7 +56,8 @@ class RegionAttention(nn.Module):
     size: `(h, w)` sliding windows.
     stride: `(sh, sw)` window step (default: `size`).
     pad: zero-pad the input so the regions cover it; all-padding regions are masked.
-    scorer: a module mapping `(..., N, h, w, C)` to `(..., N)` (default `MLPScorer()`).
+    scorer: a module mapping `(..., N, h, w, C)` to `(..., N)` (default `MLPScorer()`);
+      a `PooledScorer` gets the pooled regions, read in place from `x`.
     normalize: `"softmax"`, `"sigmoid"`, `"sparsemax"` or `"none"`.
     aggregate: `"sum"` / `"mean"` (output `(..., h, w, C)`) or `"reassemble"` (`(..., H, W, C)`).
     temperature: scores are divided by it before normalizing.
@@ -104,7 +114,7 @@ class RegionAttention(nn.Module):
     _layout(x, "RegionAttention", self.grid, **self._region_args())
     scorer = self.scorer if self.scorer is not None else MLPScorer(
         dtype=self.dtype, param_dtype=self.param_dtype, name="scorer")
-    y, weights = ra.region_attention(
+    y, weights = _region_attention(
         x, scorer, self.grid, **self._region_args(), normalize=self.normalize,
         aggregate=self.aggregate, mask=mask, temperature=self.temperature)
     self.sow("intermediates", REGION_WEIGHTS, weights)
@@ -193,8 +203,8 @@ class MultiScaleRegionAttention(nn.Module):
                                    (len(layouts),), self.param_dtype).astype(jnp.float32))
     y, gain = 0.0, 0.0
     for s, layout in enumerate(layouts):
-      y_s, weights = ra.region_attention(x, self._scorer(s), layout.counts,
-                                         normalize=self.normalize, aggregate="reassemble")
+      y_s, weights = _region_attention(x, self._scorer(s), layout.counts,
+                                       normalize=self.normalize, aggregate="reassemble")
       scale = fusion[s] * (layout.num_regions if self.normalize in _SUM_TO_ONE else 1)
       y = y + scale.astype(x.dtype) * y_s
       gain = gain + scale * ra.attention_map(weights, layout.counts,

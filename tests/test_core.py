@@ -39,6 +39,11 @@ def random_image(shape, seed=0, dtype=np.float32):
   return np.random.default_rng(seed).normal(size=shape).astype(dtype)
 
 
+def primitives(fn, *args):
+  """Names of the primitives in the jaxpr of `fn(*args)`, nested jaxprs included."""
+  return set(re.findall(r"= (\w[\w-]*)\[", str(jax.make_jaxpr(fn)(*args))))
+
+
 @pytest.mark.parametrize("name", LAYOUTS)
 def test_partition_matches_loops(name, use_jit):
   kw = LAYOUTS[name]
@@ -305,10 +310,8 @@ def test_pooled_forward_and_backward_read_the_grid_in_place(pool):
   """Pooling, weighted sum and their gradients work on the free reshape of x."""
   score_fn, _ = pooled_scorer(16 if pool == "meanmax" else 8)
   loss = lambda x: jnp.sum(ra.region_attention(x, score_fn, grid=(8, 8), pool=pool)[0] ** 2)
-  text = str(jax.make_jaxpr(jax.value_and_grad(loss))(jnp.zeros((2, 64, 64, 8))))
-  primitives = set(re.findall(r"= (\w[\w-]*)\[", text))  # nested jaxprs included
-  assert "reduce_sum" in primitives
-  assert not primitives & {"transpose", "gather", "scatter-add"}, primitives
+  used = primitives(jax.value_and_grad(loss), jnp.zeros((2, 64, 64, 8)))
+  assert "reduce_sum" in used and not used & {"transpose", "gather", "scatter-add"}, used
 
 
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid", "sparsemax"])
@@ -404,13 +407,29 @@ def test_grid_sum_gradient_matches_loops(grid):
 
 @pytest.mark.parametrize("grid", [(4, 4), (16, 16)])
 def test_weighted_sum_is_one_fused_pass(grid):
-  """The grid path works on the free reshape of x: no transpose, no matmul."""
+  """The grid path works on the free reshape of x: no transpose, no gather (the
+  matrix-vector form for many regions multiplies rows of the reshape in place)."""
   from regionatt_jax import weighting  # pylint: disable=import-outside-toplevel
   layout = ra.region_layout((64, 64), grid=grid)
-  jaxpr = jax.make_jaxpr(lambda x, a: weighting._weighted_grid_sum(x, a, layout, "sum"))(
-      jnp.zeros((2, 64, 64, 8)), jnp.zeros((2, layout.num_regions)))
-  primitives = {eqn.primitive.name for eqn in jaxpr.jaxpr.eqns}
-  assert not primitives & {"transpose", "dot_general", "gather"}, primitives
+  used = primitives(lambda x, a: weighting._weighted_grid_sum(x, a, layout, "sum"),
+                    jnp.zeros((2, 64, 64, 8)), jnp.zeros((2, layout.num_regions)))
+  assert "reduce_sum" in used and not used & {"transpose", "gather"}, used
+
+
+@pytest.mark.parametrize("pool", [None, "meanmax"])
+def test_many_regions_match_loops(pool):
+  # 72 regions: past MAX_UNROLLED_REGIONS, the CPU sum is the matrix-vector form.
+  x = random_image((2, 18, 16, 3), seed=19)
+  score_fn, numpy_score = pooled_scorer(6)
+  numpy_pooled = lambda region: numpy_score(numpy_pool(region, "meanmax"))
+  if pool is None:
+    score_fn = lambda regions, fn=score_fn: fn(ra.weighting.pool(regions, "meanmax"))
+  y, a = jax.jit(lambda x: ra.region_attention(x, score_fn, grid=(9, 8), pool=pool))(x)
+  want_y, want_a = reference.region_attention(x, numpy_pooled, grid=(9, 8))
+  np.testing.assert_allclose(a, want_a, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(y, want_y, rtol=1e-4, atol=1e-5)
+  check_grads(lambda x: ra.region_attention(x, score_fn, grid=(9, 8), pool=pool)[0],
+              (jnp.asarray(x),), order=1, modes=["rev"], atol=2e-2, rtol=2e-2)
 
 
 def test_jit_traces_once():

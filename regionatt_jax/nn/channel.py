@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from regionatt_jax import _checks
+from regionatt_jax.nn import functional
 from regionatt_jax.nn.maps import ATTENTION_MAP
 
 Dtype = Any
@@ -53,12 +54,9 @@ class _Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, s):
-    channels = s.shape[-1]
-    s = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype,
-                 name="reduce")(s)
-    s = nn.relu(s)
-    return nn.Dense(channels, dtype=self.dtype, param_dtype=self.param_dtype,
-                    name="expand")(s)
+    dense = lambda features, name: nn.Dense(
+        features, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+    return functional.bottleneck(s, dense(self.hidden, "reduce"), dense(s.shape[-1], "expand"))
 
 
 class SqueezeExcite(nn.Module):
@@ -93,9 +91,8 @@ class SqueezeExcite(nn.Module):
     x = _feature_map(x, "SqueezeExcite")
     hidden = _divisible_hidden(x.shape[-1], self.reduction, "SqueezeExcite")
     dtype = _compute_dtype(x, self.dtype)
-    squeezed = jnp.mean(x.astype(jnp.float32), axis=(-3, -2)).astype(dtype)
-    gate = nn.sigmoid(_Bottleneck(hidden, dtype, self.param_dtype, name="mlp")(squeezed))
-    return x.astype(dtype) * gate[..., None, None, :]
+    return functional.squeeze_excite(
+        x, _Bottleneck(hidden, dtype, self.param_dtype, name="mlp"), dtype)
 
 
 def eca_kernel_size(channels: int, gamma: float = 2.0, b: float = 1.0) -> int:
@@ -149,11 +146,9 @@ class EfficientChannelAttention(nn.Module):
     x = _feature_map(x, "EfficientChannelAttention")
     k = self.kernel_size or eca_kernel_size(x.shape[-1], self.gamma, self.b)
     dtype = _compute_dtype(x, self.dtype)
-    squeezed = jnp.mean(x.astype(jnp.float32), axis=(-3, -2)).astype(dtype)
-    # Channels become the 1-D "length" axis of a single-feature conv.
-    logits = nn.Conv(1, (k,), padding="SAME", use_bias=False, dtype=dtype,
-                     param_dtype=self.param_dtype, name="conv")(squeezed[..., None])
-    return x.astype(dtype) * nn.sigmoid(logits[..., 0])[..., None, None, :]
+    return functional.efficient_channel_attention(
+        x, nn.Conv(1, (k,), padding="SAME", use_bias=False, dtype=dtype,
+                   param_dtype=self.param_dtype, name="conv"), dtype)
 
 
 class SpatialAttention(nn.Module):
@@ -190,13 +185,11 @@ class SpatialAttention(nn.Module):
     del train
     x = _feature_map(x, "SpatialAttention")
     dtype = _compute_dtype(x, self.dtype)
-    x32 = x.astype(jnp.float32)
-    pooled = jnp.stack([jnp.mean(x32, axis=-1), jnp.max(x32, axis=-1)], axis=-1).astype(dtype)
-    logits = nn.Conv(1, (self.kernel_size, self.kernel_size), padding="SAME", use_bias=False,
-                     dtype=dtype, param_dtype=self.param_dtype, name="conv")(pooled)
-    attention = nn.sigmoid(logits[..., 0])
+    y, attention = functional.spatial_attention(
+        x, nn.Conv(1, (self.kernel_size, self.kernel_size), padding="SAME", use_bias=False,
+                   dtype=dtype, param_dtype=self.param_dtype, name="conv"), dtype)
     self.sow("intermediates", ATTENTION_MAP, attention)
-    return x.astype(dtype) * attention[..., None]
+    return y
 
 
 class CBAM(nn.Module):
@@ -236,11 +229,8 @@ class CBAM(nn.Module):
     x = _feature_map(x, "CBAM")
     hidden = _divisible_hidden(x.shape[-1], self.reduction, "CBAM")
     dtype = _compute_dtype(x, self.dtype)
-    x32 = x.astype(jnp.float32)
-    mlp = _Bottleneck(hidden, dtype, self.param_dtype, name="mlp")
-    channel_logits = (mlp(jnp.mean(x32, axis=(-3, -2)).astype(dtype))
-                      + mlp(jnp.max(x32, axis=(-3, -2)).astype(dtype)))
-    x = x.astype(dtype) * nn.sigmoid(channel_logits)[..., None, None, :]
+    x = functional.cbam_channel_gate(
+        x, _Bottleneck(hidden, dtype, self.param_dtype, name="mlp"), dtype)
     return SpatialAttention(self.kernel_size, dtype, self.param_dtype, name="spatial")(x, train)
 
 
@@ -283,18 +273,13 @@ class CoordinateAttention(nn.Module):
       `(..., H, W, C)`.
     """
     x = _feature_map(x, "CoordinateAttention")
-    height, channels = x.shape[-3], x.shape[-1]
+    channels = x.shape[-1]
     hidden = max(self.min_hidden, channels // self.reduction)
     dtype = _compute_dtype(x, self.dtype)
     dense = lambda features, name: nn.Dense(  # a 1x1 conv
         features, dtype=dtype, param_dtype=self.param_dtype, name=name)
-    x32 = x.astype(jnp.float32)
-    strips = jnp.concatenate([jnp.mean(x32, axis=-2), jnp.mean(x32, axis=-3)], axis=-2)
-    y = dense(hidden, "conv_shared")(strips.astype(dtype))
-    y = nn.BatchNorm(use_running_average=not train, momentum=self.momentum, dtype=dtype,
-                     param_dtype=self.param_dtype, name="bn")(y)
-    y = nn.hard_swish(y)
-    along_h, along_w = y[..., :height, :], y[..., height:, :]
-    a_h = nn.sigmoid(dense(channels, "conv_h")(along_h))
-    a_w = nn.sigmoid(dense(channels, "conv_w")(along_w))
-    return x.astype(dtype) * a_h[..., :, None, :] * a_w[..., None, :, :]
+    norm = nn.BatchNorm(use_running_average=not train, momentum=self.momentum, dtype=dtype,
+                        param_dtype=self.param_dtype, name="bn")
+    return functional.coordinate_attention(
+        x, dense(hidden, "conv_shared"), norm, dense(channels, "conv_h"),
+        dense(channels, "conv_w"), dtype)

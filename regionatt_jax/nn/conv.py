@@ -193,28 +193,51 @@ class Conv(nn.Module):
     Returns:
       `(..., H', W', features)`.
     """
-    kernel_hw = ((self.kernel_size,) * 2 if isinstance(self.kernel_size, int)
-                 else tuple(self.kernel_size))
-    strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
-    if len(kernel_hw) != 2:
-      raise ValueError(f"kernel_size must be an int or (kh, kw), got {self.kernel_size!r}")
-    if len(strides) != 2 or min(strides) < 1:
-      raise ValueError(f"strides must be a positive int or (sh, sw), got {self.strides!r}")
+    kernel_hw, strides = conv_geometry(self.kernel_size, self.strides)
     if inputs.ndim < 3:
       raise ValueError(f"inputs must be (..., H, W, Cin), got shape {inputs.shape}")
     kernel = self.param("kernel", self.kernel_init, (*kernel_hw, inputs.shape[-1], self.features),
                         self.param_dtype)
     bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
             if self.use_bias else None)
-    inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-    batch_shape = inputs.shape[:-3]
-    flat = inputs.reshape(-1, *inputs.shape[-3:])
-    if strides == (1, 1):
-      y = conv2d(flat, kernel, self.padding)
-    else:  # strided convs (ResNet downsampling) keep XLA's convolution and native VJP
-      padding = (self.padding if isinstance(self.padding, str)
-                 else _padding_pairs(self.padding, kernel.shape[:2]))
-      y = lax.conv_general_dilated(flat, kernel, strides, padding,
-                                   dimension_numbers=_DIMENSION_NUMBERS)
-    y = y.reshape(*batch_shape, *y.shape[1:])
-    return y if bias is None else y + bias
+    return conv(inputs, kernel, bias, strides, self.padding, self.dtype)
+
+
+def conv_geometry(kernel_size: int | Sequence[int],
+                  strides: int | Sequence[int]) -> tuple[tuple[int, int], tuple[int, int]]:
+  """`(kh, kw), (sh, sw)` of a `Conv`'s `kernel_size` and `strides` (an int means square)."""
+  kernel_hw = (kernel_size,) * 2 if isinstance(kernel_size, int) else tuple(kernel_size)
+  strides_hw = (strides,) * 2 if isinstance(strides, int) else tuple(strides)
+  if len(kernel_hw) != 2:
+    raise ValueError(f"kernel_size must be an int or (kh, kw), got {kernel_size!r}")
+  if len(strides_hw) != 2 or min(strides_hw) < 1:
+    raise ValueError(f"strides must be a positive int or (sh, sw), got {strides!r}")
+  return kernel_hw, strides_hw
+
+
+def conv(inputs: jax.Array, kernel: jax.Array, bias: jax.Array | None,
+         strides: tuple[int, int], padding: Padding, dtype: Any = None) -> jax.Array:
+  """What `Conv` computes from its parameters (shared by the NNX `Conv`).
+
+  Args:
+    inputs: `(..., H, W, Cin)`; any number of leading batch axes, including none.
+    kernel: `(kh, kw, Cin, Cout)`.
+    bias: `(Cout,)` or None.
+    strides: `(sh, sw)`; stride 1 uses `conv2d`, larger strides XLA's convolution.
+    padding: `'SAME'`, `'VALID'` or `((top, bottom), (left, right))`.
+    dtype: computation dtype (None: promoted from the inputs and parameters, as in Flax).
+
+  Returns:
+    `(..., H', W', Cout)`.
+  """
+  inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=dtype)
+  batch_shape = inputs.shape[:-3]
+  flat = inputs.reshape(-1, *inputs.shape[-3:])
+  if tuple(strides) == (1, 1):
+    y = conv2d(flat, kernel, padding)
+  else:  # strided convs (ResNet downsampling) keep XLA's convolution and native VJP
+    padding = padding if isinstance(padding, str) else _padding_pairs(padding, kernel.shape[:2])
+    y = lax.conv_general_dilated(flat, kernel, tuple(strides), padding,
+                                 dimension_numbers=_DIMENSION_NUMBERS)
+  y = y.reshape(*batch_shape, *y.shape[1:])
+  return y if bias is None else y + bias

@@ -56,6 +56,25 @@ def check_fields(cls: type, kwargs: Mapping, key: str) -> None:
                      f"{sorted(fields)}.")
 
 
+def scorer_name(kind: str, kwargs: Mapping, scorer_kwargs: Mapping) -> str | None:
+  """The key of `SCORERS` that `kwargs["scorer"]` names for an attention `kind`, or None
+  when there is no name to resolve (also shared by `regionatt_jax.nnx.make_attention`).
+
+  Raises:
+    ValueError: an unknown name, or `scorer_kwargs` without a name to apply them to.
+  """
+  name = kwargs.get("scorer")
+  if kind not in ("region", "multiscale") or not isinstance(name, str):
+    if scorer_kwargs:
+      raise ValueError(f"make_attention: scorer_kwargs need a scorer given by name for "
+                       f"'region' or 'multiscale', got kind {kind!r}, scorer {name!r}")
+    return None
+  if name not in SCORERS:
+    raise ValueError(f"make_attention: unknown scorer {name!r} for {kind!r}; need one of "
+                     f"{sorted(SCORERS)}, a scorer class (multiscale) or instance (region)")
+  return name
+
+
 def _scorer_by_name(kind: str, kwargs: dict) -> dict:
   """Replaces a scorer name in `kwargs` (with its `scorer_kwargs`) by what `kind` takes:
   `RegionAttention` an instance (built with the module's dtypes),
@@ -67,15 +86,9 @@ def _scorer_by_name(kind: str, kwargs: dict) -> dict:
   """
   kwargs = dict(kwargs)
   scorer_kwargs = dict(kwargs.pop("scorer_kwargs", None) or {})
-  name = kwargs.get("scorer")
-  if kind not in ("region", "multiscale") or not isinstance(name, str):
-    if scorer_kwargs:
-      raise ValueError(f"make_attention: scorer_kwargs need a scorer given by name for "
-                       f"'region' or 'multiscale', got kind {kind!r}, scorer {name!r}")
+  name = scorer_name(kind, kwargs, scorer_kwargs)
+  if name is None:
     return kwargs
-  if name not in SCORERS:
-    raise ValueError(f"make_attention: unknown scorer {name!r} for {kind!r}; need one of "
-                     f"{sorted(SCORERS)}, a scorer class (multiscale) or instance (region)")
   scorer = SCORERS[name]
   check_fields(scorer, scorer_kwargs, "scorer_kwargs")
   if kind == "region":

@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from regionatt_jax import _checks
+from regionatt_jax.nn import functional
 from regionatt_jax.nn.conv import Conv
 from regionatt_jax.nn.factory import check_fields, check_kind, make_attention
 from regionatt_jax.nn.maps import ATTENTION_MAP
@@ -55,10 +56,6 @@ def _check_stage_attention(owner: str, kind, options) -> None:
   """Checks the `attention`/`attention_kwargs` pair of a backbone."""
   check_kind(kind, f"{owner}: attention")
   _check_options(owner, "attention_kwargs", options)
-
-
-def _global_mean(x):
-  return jnp.mean(x.astype(jnp.float32), axis=(-3, -2)).astype(x.dtype)
 
 
 def _stage_attention(kind, kwargs, name: str, dtype, param_dtype):
@@ -102,13 +99,12 @@ class AttentionNet(nn.Module):
     del train
     x = _image(x, "AttentionNet", min_rank=3)
     conv = functools.partial(self.conv, dtype=self.dtype, param_dtype=self.param_dtype)
-    for i, width in enumerate(self.features):
-      x = nn.relu(conv(width, (3, 3), padding="SAME", name=f"conv_{i}")(x))
-    attention = nn.sigmoid(conv(1, (1, 1), name="attention")(x))[..., 0]
+    logits, attention = functional.attention_net(
+        x, [conv(width, (3, 3), padding="SAME", name=f"conv_{i}")
+            for i, width in enumerate(self.features)],
+        conv(1, (1, 1), name="attention"), conv(self.num_classes, (1, 1), name="classifier"))
     self.sow("intermediates", ATTENTION_MAP, attention)
-    x = x * attention[..., None].astype(x.dtype)
-    logits = _global_mean(conv(self.num_classes, (1, 1), name="classifier")(x))
-    return logits.astype(jnp.float32)
+    return logits
 
 
 class SmallCNN(nn.Module):
@@ -190,13 +186,11 @@ class _Block(nn.Module):
   def _residual_sum(self, x, branch, train: bool):
     """relu(shortcut(x) + attention(branch))."""
     attention = self.attention("attention") if self.attention else None
-    if attention is not None:
-      branch = attention(branch, train)
-    if x.shape != branch.shape:
-      x = self.conv(branch.shape[-1], (1, 1), (self.strides, self.strides), padding="VALID",
-                    use_bias=False, name="downsample_0")(x)
-      x = self.norm(name="downsample_1")(x)
-    return nn.relu(x + branch)
+    downsample = lambda r: self.norm(name="downsample_1")(self.conv(
+        branch.shape[-1], (1, 1), (self.strides, self.strides), padding="VALID",
+        use_bias=False, name="downsample_0")(r))
+    return functional.residual_sum(
+        x, branch, None if attention is None else lambda y: attention(y, train), downsample)
 
 
 class BasicBlock(_Block):
@@ -391,7 +385,7 @@ class RegionAttentionClassifier(nn.Module):
     if head is not None:
       features = head(features, train)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                      name="classifier")(_global_mean(features))
+                      name="classifier")(functional.global_mean(features))
     return logits.astype(jnp.float32)
 
 
@@ -449,7 +443,7 @@ class MILClassifier(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = SmallCNN(self.features, batch_norm=False, conv=self.conv, name="instance_cnn",
                  **kw)(x, train)
-    h = nn.relu(nn.Dense(self.embed_dim, name="embed", **kw)(_global_mean(h)))
+    h = nn.relu(nn.Dense(self.embed_dim, name="embed", **kw)(functional.global_mean(h)))
     bag = AttentionPooling(self.pooling, self.hidden, name="pooling", **kw)(h, mask)
     return nn.Dense(self.num_classes, name="classifier", **kw)(bag).astype(jnp.float32)
 

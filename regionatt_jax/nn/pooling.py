@@ -16,11 +16,10 @@ fraction of features each instance supplies (they also sum to 1).
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-import regionatt_jax as ra
 from regionatt_jax import _checks
+from regionatt_jax.nn import functional
 from regionatt_jax.nn.maps import INSTANCE_WEIGHTS
 from regionatt_jax.nn.scorers import AttentionScore
 
@@ -64,26 +63,10 @@ class AttentionPooling(nn.Module):
     _checks.nonempty_axis(h, "AttentionPooling: h", -2, "instance (N)")
     valid = jnp.ones(h.shape[:-1], bool) if mask is None else jnp.broadcast_to(
         _checks.bool_array(mask, "AttentionPooling: mask", h.shape[:-1]), h.shape[:-1])
-    if self.kind == "max":
-      pooled, weights = _masked_max(h, valid)
-    else:
-      if self.kind == "mean":
-        scores = jnp.zeros(h.shape[:-1], jnp.float32)  # softmax of equal scores is uniform
-      else:
-        scores = AttentionScore(self.hidden, gated=self.kind == "gated", dtype=self.dtype,
-                                param_dtype=self.param_dtype, name="score")(h)
-      weights = ra.normalize(scores, "softmax", mask=valid)
-      pooled = jnp.einsum("...n,...nd->...d", weights.astype(jnp.float32),
-                          h.astype(jnp.float32))
+    score = (AttentionScore(self.hidden, gated=self.kind == "gated", dtype=self.dtype,
+                            param_dtype=self.param_dtype, name="score")
+             if self.kind in ("attention", "gated") else None)
+    pooled, weights = functional.attention_pooling(
+        h, valid, self.kind, score, self.dtype if self.dtype is not None else h.dtype)
     self.sow("intermediates", INSTANCE_WEIGHTS, weights)
-    return pooled.astype(self.dtype if self.dtype is not None else h.dtype)
-
-
-def _masked_max(h, valid):
-  """Per-feature max over valid instances, and the fraction of features each one wins."""
-  filled = jnp.where(valid[..., None], h.astype(jnp.float32), -jnp.inf)
-  winners = jnp.argmax(filled, axis=-2)  # (..., D)
-  share = jnp.mean(jax.nn.one_hot(winners, h.shape[-2], axis=-1), axis=-2)
-  any_valid = jnp.any(valid, axis=-1, keepdims=True)
-  return (jnp.where(any_valid, jnp.max(filled, axis=-2), 0.0),
-          jnp.where(any_valid, share, 0.0))
+    return pooled

@@ -10,21 +10,17 @@ resolution of the module's input.
 from collections.abc import Sequence
 from typing import Any
 
-import einops
 import flax.linen as nn
 import jax.numpy as jnp
 
 import regionatt_jax as ra
 from regionatt_jax import _checks
+from regionatt_jax.nn import functional
 from regionatt_jax.nn.maps import ATTENTION_MAP, REGION_WEIGHTS
 from regionatt_jax.nn.scorers import MLPScorer
 
 Dtype = Any
 ModuleDef = Any
-
-#: Normalizers whose weights sum to 1 over the regions.
-_SUM_TO_ONE = ("softmax", "sparsemax")
-
 
 def _layout(x, module: str, grid, size=None, stride=None, pad=False):
   """`ra.region_layout` of the feature map `x`, with errors that name the module."""
@@ -34,15 +30,6 @@ def _layout(x, module: str, grid, size=None, stride=None, pad=False):
     raise type(error)(
         f"{module}: cannot cut its input feature map of spatial shape "
         f"{tuple(x.shape[-3:-1])} into regions: {error}") from None
-
-
-def _region_attention(x, scorer, grid, **kwargs):
-  """`ra.region_attention(x, scorer, grid, **kwargs)`; a pooled scorer (one with
-  `score_pooled` and `pool`, see `scorers.PooledScorer`) scores the pooled regions, read
-  in place from `x`."""
-  if hasattr(scorer, "score_pooled"):
-    return ra.region_attention(x, scorer.score_pooled, grid, pool=scorer.pool, **kwargs)
-  return ra.region_attention(x, scorer, grid, **kwargs)
 
 
 class RegionAttention(nn.Module):
@@ -114,12 +101,11 @@ class RegionAttention(nn.Module):
     _layout(x, "RegionAttention", self.grid, **self._region_args())
     scorer = self.scorer if self.scorer is not None else MLPScorer(
         dtype=self.dtype, param_dtype=self.param_dtype, name="scorer")
-    y, weights = _region_attention(
+    y, weights, attention_map = functional.region_attention(
         x, scorer, self.grid, **self._region_args(), normalize=self.normalize,
         aggregate=self.aggregate, mask=mask, temperature=self.temperature)
     self.sow("intermediates", REGION_WEIGHTS, weights)
-    self.sow("intermediates", ATTENTION_MAP, ra.attention_map(
-        weights, self.grid, **self._region_args(), image_shape=x.shape[-3:-1]))
+    self.sow("intermediates", ATTENTION_MAP, attention_map)
     return y
 
 
@@ -199,51 +185,19 @@ class MultiScaleRegionAttention(nn.Module):
     return self._coarse_to_fine(x, layouts)
 
   def _parallel(self, x, layouts):
-    fusion = nn.softmax(self.param("fusion_logits", nn.initializers.zeros,
-                                   (len(layouts),), self.param_dtype).astype(jnp.float32))
-    y, gain = 0.0, 0.0
-    for s, layout in enumerate(layouts):
-      y_s, weights = _region_attention(x, self._scorer(s), layout.counts,
-                                       normalize=self.normalize, aggregate="reassemble")
-      scale = fusion[s] * (layout.num_regions if self.normalize in _SUM_TO_ONE else 1)
-      y = y + scale.astype(x.dtype) * y_s
-      gain = gain + scale * ra.attention_map(weights, layout.counts,
-                                             image_shape=x.shape[-3:-1])
+    fusion_logits = self.param("fusion_logits", nn.initializers.zeros, (len(layouts),),
+                               self.param_dtype)
+    y, gain = functional.multiscale_parallel(
+        x, layouts, [self._scorer(s) for s in range(len(layouts))], fusion_logits,
+        self.normalize)
     self.sow("intermediates", ATTENTION_MAP, gain)
     return y
 
   def _coarse_to_fine(self, x, layouts):
-    for coarse, fine in zip(layouts, layouts[1:]):
-      if any(f % c for c, f in zip(coarse.counts, fine.counts)):
-        raise ValueError(
-            f"MultiScaleRegionAttention: in coarse_to_fine mode every grid must refine the "
-            f"previous one, got {coarse.counts} then {fine.counts}")
-    scorers = [self._scorer(s) for s in range(len(layouts))]
-
-    def hierarchical_weights(finest_regions):
-      weights, parent = None, None
-      for s, layout in enumerate(layouts):
-        regions = finest_regions if s == len(layouts) - 1 else ra.partition(x, layout.counts)
-        scores = scorers[s](regions)
-        if parent is None:
-          weights, parent = ra.normalize(scores, self.normalize), layout
-          continue
-        (gh, gw), (fh, fw) = parent.counts, tuple(
-            f // c for c, f in zip(parent.counts, layout.counts))
-        siblings = einops.rearrange(scores, "... (gh fh gw fw) -> ... (gh gw) (fh fw)",
-                                    gh=gh, fh=fh, gw=gw, fw=fw)
-        within = ra.normalize(siblings, self.normalize) * weights[..., :, None]
-        weights = einops.rearrange(within, "... (gh gw) (fh fw) -> ... (gh fh gw fw)",
-                                   gh=gh, fh=fh, gw=gw, fw=fw)
-        parent = layout
-      return weights
-
-    finest = layouts[-1].counts
-    # The scorer already returns normalized weights, so region_attention must not
-    # normalize again; it still runs its one-pass weighted sum.
-    y, weights = ra.region_attention(x, hierarchical_weights, finest, normalize="none",
-                                     aggregate=self.aggregate)
+    functional.check_refinement(layouts, "MultiScaleRegionAttention")
+    y, weights, attention_map = functional.multiscale_coarse_to_fine(
+        x, layouts, [self._scorer(s) for s in range(len(layouts))], self.normalize,
+        self.aggregate)
     self.sow("intermediates", REGION_WEIGHTS, weights)
-    self.sow("intermediates", ATTENTION_MAP,
-             ra.attention_map(weights, finest, image_shape=x.shape[-3:-1]))
+    self.sow("intermediates", ATTENTION_MAP, attention_map)
     return y

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 from regionatt_jax import _checks
 from regionatt_jax import weighting
+from regionatt_jax.nn import functional
 from regionatt_jax.nn.conv import Conv
 
 Dtype = Any
@@ -118,10 +119,8 @@ class AttentionScore(nn.Module):
     h = _checks.float_array(h, "AttentionScore: h (`(..., N, D)`)", min_rank=2)
     dense = lambda features, name: nn.Dense(
         features, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-    hidden = jnp.tanh(dense(self.hidden, "V")(h))
-    if self.gated:
-      hidden = hidden * nn.sigmoid(dense(self.hidden, "U")(h))
-    return dense(1, "w")(hidden)[..., 0]
+    return functional.attention_score(h, dense(self.hidden, "V"), dense(1, "w"),
+                                      dense(self.hidden, "U") if self.gated else None)
 
 
 class MLPScorer(PooledScorer):
@@ -147,11 +146,11 @@ class MLPScorer(PooledScorer):
   @nn.compact
   def score_pooled(self, pooled):
     """Args: pooled: `(..., N, C')` pooled regions. Returns: `(..., N)` scores."""
-    h = self._pooled(pooled)
-    for i, width in enumerate(self.hidden):
-      h = nn.relu(nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype,
-                           name=f"hidden_{i}")(h))
-    return nn.Dense(1, dtype=self.dtype, param_dtype=self.param_dtype, name="out")(h)[..., 0]
+    dense = lambda features, name: nn.Dense(
+        features, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+    return functional.mlp_scores(
+        self._pooled(pooled),
+        [dense(width, f"hidden_{i}") for i, width in enumerate(self.hidden)], dense(1, "out"))
 
 
 class GatedScorer(PooledScorer):
@@ -208,13 +207,12 @@ class ConvScorer(nn.Module):
   @nn.compact
   def __call__(self, regions):
     """Args: regions: `(..., N, h, w, C)`. Returns: `(..., N)` scores."""
-    h = _regions(regions, "ConvScorer")
-    for i, width in enumerate(self.features):
-      h = nn.relu(self.conv(width, (self.kernel_size, self.kernel_size), padding="SAME",
-                            dtype=self.dtype, param_dtype=self.param_dtype,
-                            name=f"conv_{i}")(h))
-    h = pool_regions(h, "mean")
-    return nn.Dense(1, dtype=self.dtype, param_dtype=self.param_dtype, name="out")(h)[..., 0]
+    convs = [self.conv(width, (self.kernel_size, self.kernel_size), padding="SAME",
+                       dtype=self.dtype, param_dtype=self.param_dtype, name=f"conv_{i}")
+             for i, width in enumerate(self.features)]
+    return functional.conv_scores(
+        _regions(regions, "ConvScorer"), convs,
+        nn.Dense(1, dtype=self.dtype, param_dtype=self.param_dtype, name="out"))
 
 
 CELLS: dict[str, Callable[..., nn.RNNCellBase]] = {"gru": nn.GRUCell, "lstm": nn.LSTMCell}
@@ -311,15 +309,15 @@ class SelfAttentionScorer(PooledScorer):
   def score_pooled(self, pooled):
     """Args: pooled: `(..., N, C')` pooled regions. Returns: `(..., N)` scores."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    h = nn.Dense(self.embed_dim, name="embed", **kw)(self._pooled(pooled))
-    if self.position_embeddings:
-      positions = self.param("positions", nn.initializers.normal(0.02),
-                             h.shape[-2:], self.param_dtype)
-      h = h + positions.astype(h.dtype)
-    h = h + nn.MultiHeadDotProductAttention(self.num_heads, name="attention", **kw)(
-        nn.LayerNorm(name="norm_attention", **kw)(h))
-    mlp = nn.Dense(self.embed_dim * self.mlp_ratio, name="mlp_in", **kw)(
-        nn.LayerNorm(name="norm_mlp", **kw)(h))
-    h = h + nn.Dense(self.embed_dim, name="mlp_out", **kw)(nn.gelu(mlp))
-    h = nn.LayerNorm(name="norm_out", **kw)(h)
-    return nn.Dense(1, name="out", **kw)(h)[..., 0]
+    h = self._pooled(pooled)
+    positions = (self.param("positions", nn.initializers.normal(0.02),
+                            (h.shape[-2], self.embed_dim), self.param_dtype)
+                 if self.position_embeddings else None)
+    return functional.self_attention_scores(
+        h, positions, nn.Dense(self.embed_dim, name="embed", **kw),
+        nn.LayerNorm(name="norm_attention", **kw),
+        nn.MultiHeadDotProductAttention(self.num_heads, name="attention", **kw),
+        nn.LayerNorm(name="norm_mlp", **kw),
+        nn.Dense(self.embed_dim * self.mlp_ratio, name="mlp_in", **kw),
+        nn.Dense(self.embed_dim, name="mlp_out", **kw), nn.LayerNorm(name="norm_out", **kw),
+        nn.Dense(1, name="out", **kw))

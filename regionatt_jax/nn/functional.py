@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 import regionatt_jax as ra
+from regionatt_jax import _checks
 
 Layer = Callable[..., jax.Array]
 Dtype = Any
@@ -108,6 +109,14 @@ def attention_score(h, V: Layer, w: Layer, U: Layer | None = None):  # pylint: d
   if U is not None:
     hidden = hidden * jax.nn.sigmoid(U(h))
   return w(hidden)[..., 0]
+
+
+def pooled_input(pooled, dtype, module: str):
+  """Pooled regions `(..., N, C')` for a pooled scorer's `score_pooled`: checked, and
+  in the compute dtype `dtype` (None: theirs)."""
+  pooled = _checks.float_array(pooled, f"{module}: pooled regions (`(..., N, C')`)",
+                               min_rank=2)
+  return pooled if dtype is None else pooled.astype(dtype)
 
 
 def mlp_scores(h, hidden: Sequence[Layer], out: Layer):

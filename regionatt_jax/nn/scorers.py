@@ -76,10 +76,7 @@ class PooledScorer(nn.Module):
     return self.score_pooled(pool_regions(regions, self.pool))
 
   def _pooled(self, pooled):
-    """`pooled` checked, in the compute dtype."""
-    pooled = _checks.float_array(
-        pooled, f"{type(self).__name__}: pooled regions (`(..., N, C')`)", min_rank=2)
-    return pooled if self.dtype is None else pooled.astype(self.dtype)
+    return functional.pooled_input(pooled, self.dtype, type(self).__name__)
 
 
 class AttentionScore(nn.Module):

@@ -322,8 +322,13 @@ def _grid_sum(blocks, weights):
 @_grid_sum.defjvp
 def _grid_sum_jvp(primals, tangents):
   (blocks, weights), (blocks_dot, weights_dot) = primals, tangents
-  return _grid_sum(blocks, weights), (
-      _reduced_grid_sum(blocks_dot, weights) + _reduced_grid_sum(blocks, weights_dot))
+  # Transposed for `grad`, the weights' term gives `da_k = <R_k, dy>`. As a reduction,
+  # XLA:CPU first writes `dy` broadcast to the whole image (measured: a 32 MiB buffer
+  # for 32 MiB of `x`); as matrix-vector products it reads `x` once (fwd+bwd 1.2-1.4x
+  # faster at 16 to 1,024 regions, measured under load).
+  weights_term = jax.lax.platform_dependent(blocks, weights_dot, cpu=_matvec_grid_sum,
+                                            default=_reduced_grid_sum)
+  return _grid_sum(blocks, weights), _reduced_grid_sum(blocks_dot, weights) + weights_term
 
 
 def _grid_blocks(x, layout):

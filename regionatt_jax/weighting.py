@@ -7,10 +7,9 @@
 `region_attention` composes them without materializing `w` or a transposed copy of the
 image for the weighted sum: see its docstring. With `pool=`, the scorer sees each region
 only through a pooled summary (mean, max or both), taken straight from the free reshape
-of a grid: forward and backward then read `x` four times in all.
+of a grid.
 """
 
-import functools
 from collections.abc import Callable
 
 import jax
@@ -197,57 +196,6 @@ def pool(regions, pool: str = "mean", axes=(-3, -2)):
                          axis=-1)
 
 
-def _staged_pool(blocks, pool: str):
-  """`pool` over the region axes of `(..., gh, h, gw, w, C)`, columns then rows.
-
-  XLA:CPU runs the two reductions over one minor and one major axis faster than one
-  reduction over the two non-adjacent axes (measured: 2x at 16x16 regions on
-  experiments/benchmark_region_op.py).
-  """
-  wide = blocks.astype(_accumulation_dtype(blocks.dtype))
-  return jnp.concatenate([reduce(reduce(wide, axis=-2), axis=-3)
-                          for reduce in _pool_reductions(pool)], axis=-1)
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def _pool_blocks(blocks, pool: str):
-  """`pool` of every region of a grid, read straight from the free reshape of the image.
-
-  Args:
-    blocks: `(..., gh, h, gw, w, C)`, the free reshape of an image.
-    pool: a kind of `POOLS`.
-
-  Returns:
-    `(..., gh, gw, C')` in the accumulation dtype, `C' = 2C` for `"meanmax"`.
-
-  On XLA:CPU the forward is `_staged_pool` (chosen when lowering, as in `_grid_sum`).
-  The derivative is written in closed form, and is linear in the tangent, so its
-  transpose (the backward) is one broadcast over each region, fused with the weighted
-  sum's `a_i * dy` into a single pass writing `dx`: the mean's gradient divided by
-  `h * w`, the max's split evenly between the pixels that reach it (as `jnp.max`'s).
-  """
-  return jax.lax.platform_dependent(
-      blocks, cpu=lambda b: _staged_pool(b, pool), default=lambda b: _pool(b, pool, (-4, -2)))
-
-
-@_pool_blocks.defjvp
-def _pool_blocks_jvp(pool_kind, primals, tangents):
-  (blocks,), (blocks_dot,) = primals, tangents
-  pooled = _pool_blocks(blocks, pool_kind)
-  wide_dot = blocks_dot.astype(pooled.dtype)
-  channels = blocks.shape[-1]
-  pooled_dot = []
-  for k, reduce in enumerate(_pool_reductions(pool_kind)):
-    if reduce is jnp.mean:
-      pooled_dot.append(jnp.mean(wide_dot, axis=(-4, -2)))
-      continue
-    top = pooled[..., k * channels:(k + 1) * channels][..., :, None, :, None, :]
-    at_top = blocks.astype(pooled.dtype) == top
-    ties = jnp.sum(at_top, axis=(-4, -2), dtype=pooled.dtype)
-    pooled_dot.append(jnp.sum(jnp.where(at_top, wide_dot, 0), axis=(-4, -2)) / ties)
-  return pooled, jnp.concatenate(pooled_dot, axis=-1)
-
-
 # `region_attention`'s arguments `normalize`, `aggregate` and `pool` shadow the functions.
 _normalize, _aggregate, _pool = normalize, aggregate, pool
 
@@ -364,8 +312,15 @@ def _weighted_grid_sum(x, weights, layout, mode):
 
 
 def _pooled_grid(x, layout, pool):
-  """`pool` of every region of a grid layout: `(..., H, W, C)` -> `(..., N, C')`, dtype of `x`."""
-  pooled = _pool_blocks(_grid_blocks(regions_lib.pad_image(x, layout), layout), pool)
+  """`pool` of every region of a grid layout: `(..., H, W, C)` -> `(..., N, C')`, dtype of `x`.
+
+  Reduces the free reshape `(..., gh, h, gw, w, C)` over `h` and `w`, so no copy of the
+  regions is made. Its derivative is already the closed form: a broadcast of the pooled
+  gradient over each region (divided by `h * w` for the mean; for the max, split
+  between the pixels that reach it), which XLA fuses with the weighted sum's
+  `a_i * dy` into the one pass that writes `dx`.
+  """
+  pooled = _pool(_grid_blocks(regions_lib.pad_image(x, layout), layout), pool, axes=(-4, -2))
   return pooled.reshape(pooled.shape[:-3] + (layout.num_regions, pooled.shape[-1])).astype(
       x.dtype)
 

@@ -183,6 +183,8 @@ def float_dtype(value, name: str, optional: bool = True):
     if optional:
       return value
     ok = False  # jnp.dtype(None) would be float64
+  elif isinstance(value, (jax.Array, np.ndarray, np.generic)):
+    ok = False  # jnp.dtype takes an array or scalar for its dtype, which Flax refuses later
   else:
     try:
       ok = jnp.issubdtype(jnp.dtype(value), jnp.floating)

@@ -1,6 +1,6 @@
 """Shared pieces of the tests (their fixtures are in `conftest.py`): tiny dataset
-configs, a tiny model, synthetic batches, `snapshot` of a directory's bytes and
-`wrap_train_batches`.
+configs, a tiny model, synthetic batches, `snapshot` of a directory's bytes,
+`checkpoint_state` and `wrap_train_batches`.
 
 `TinyCNN` stands in for the library's models where a test is about the training
 machinery, not the model: it is small enough to compile and train in well under a
@@ -11,8 +11,10 @@ import dataclasses
 import os
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 
 from regionatt_jax import data
 from regionatt_jax.data import cluttered_digits, digit_bags
@@ -57,6 +59,19 @@ def snapshot(directory: str) -> dict[str, bytes]:
       with open(path, "rb") as f:
         files[os.path.relpath(path, directory)] = f.read()
   return files
+
+
+def checkpoint_state(workdir: str, step: int) -> dict[str, np.ndarray]:
+  """Every leaf of the train state in checkpoint `step` of `workdir`, by path, as NumPy
+  (readable whatever devices the run that wrote it had)."""
+  path = os.path.join(workdir, "checkpoints", str(step), "state")
+  checkpointer = ocp.PyTreeCheckpointer()
+  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                          checkpointer.metadata(path).item_metadata.tree)
+  state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+  flat, _ = jax.tree_util.tree_flatten_with_path(state)
+  return {jax.tree_util.keystr(path, simple=True, separator="/"): np.asarray(leaf)
+          for path, leaf in flat}
 
 
 def wrap_train_batches(monkeypatch, on_batch):

@@ -31,16 +31,21 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from flax import nnx
 
 import regionatt_jax as ra
 from regionatt_jax import data
 from regionatt_jax import nn as ra_nn
+from regionatt_jax import nnx as ra_nnx
 from regionatt_jax.train import config as config_lib
 from tests import fuzz_helpers
 from tests.fuzz_helpers import names_in
 
 EXAMPLES = int(os.environ.get("REGIONATT_FUZZ_ARG_EXAMPLES", "250"))
 FUZZ = fuzz_helpers.settings(EXAMPLES)
+# NNX constructions run the same checks as the Linen ones (shared code) and each builds
+# its parameters abstractly: a fifth of the examples keeps the group's runtime modest.
+NNX_EXAMPLES = max(EXAMPLES // 5, 1)
 
 #: entry point -> number of cases run, by outcome ("ok", "refused" or "rejected").
 FUZZ_COUNTS: collections.Counter = collections.Counter()
@@ -440,6 +445,35 @@ NN.update({
 })
 
 
+# The NNX twins take the Linen attributes as arguments, after the input width
+# `in_features`; scorers and convs are their NNX twins.
+NNX_ARGS = {
+    "RegionAttention": dict(scorer=Arg(None, function_or_none, [
+        nnx.eval_shape(lambda: ra_nnx.GatedScorer(2, rngs=nnx.Rngs(0)))])),
+    "MultiScaleRegionAttention": dict(
+        scorer=Arg(ra_nnx.MLPScorer, function, [ra_nnx.GatedScorer])),
+    "ConvScorer": dict(conv=Arg(ra_nnx.Conv, function)),
+    "AttentionNet": dict(conv=Arg(ra_nnx.Conv, function)),
+}
+NNX_OPTIONAL_WIDTH = ("AttentionPooling", "EfficientChannelAttention", "SpatialAttention")
+
+
+def _nnx_construction(cls):
+  """Constructs `cls` abstractly (`nnx.eval_shape`): the checks run, no parameter is drawn."""
+  return lambda **kw: nnx.eval_shape(lambda: cls(rngs=nnx.Rngs(0), **kw))
+
+
+NNX = {f"nnx.{name}()": Entry(_nnx_construction(getattr(ra_nnx, name)), {
+    "in_features": Arg(2, (lambda v: v is None or positive_int(v))
+                       if name in NNX_OPTIONAL_WIDTH else positive_int, [1, 3]),
+    **args, **NNX_ARGS.get(name, {})}) for name, (_, args) in MODULE_CLASSES.items()}
+NNX["nnx.make_attention(kind)"] = Entry(
+    lambda kind, in_features: nnx.eval_shape(
+        lambda: ra_nnx.make_attention(kind, in_features, rngs=nnx.Rngs(0))),
+    dict(kind=Arg("region", choice_or_none(*ATTENTION_KINDS), ATTENTION_KINDS),
+         in_features=Arg(32, positive_int, [64])))
+
+
 DATA = {
     "dataset_spec": Entry(
         data.dataset_spec,
@@ -529,7 +563,7 @@ CONFIG = {
          for name, default in _config_leaves(config_lib.base_config().to_dict())}),
 }
 
-ENTRIES = {**PURE, **NN, **DATA, **CONFIG}
+ENTRIES = {**PURE, **NN, **NNX, **DATA, **CONFIG}
 
 
 # --- running a case ------------------------------------------------------------------
@@ -603,10 +637,10 @@ def report_counts():
   fuzz_helpers.report(FUZZ_COUNTS, "argument fuzz", suffix=".arguments.json")
 
 
-def fuzz_property(entry_name: str, entry: Entry):
+def fuzz_property(entry_name: str, entry: Entry, settings=FUZZ):
   """The hypothesis test of one entry point."""
 
-  @FUZZ
+  @settings
   @hypothesis.given(changes_of(entry), st.booleans())
   def property_(changes, use_jit):
     run_entry(entry_name, entry, changes, use_jit and entry.pure)
@@ -614,17 +648,18 @@ def fuzz_property(entry_name: str, entry: Entry):
   return property_
 
 
-GROUPS = {"pure": PURE, "nn": NN, "data": DATA, "config": CONFIG}
+GROUPS = {"pure": PURE, "nn": NN, "nnx": NNX, "data": DATA, "config": CONFIG}
 #: Cases each group must run by default (REGIONATT_FUZZ_ARG_EXAMPLES=250): together
 #: over 10,000. Entry points with few possible cases exhaust them sooner.
-MIN_CASES = {"pure": 2500, "nn": 6750, "data": 1550, "config": 200}
+MIN_CASES = {"pure": 2500, "nn": 6750, "nnx": 950, "data": 1550, "config": 200}
 
 
 @pytest.mark.parametrize("group", list(GROUPS))
 def test_fuzz_arguments(group):
   before = sum(FUZZ_COUNTS.values())
   for entry_name, entry in GROUPS[group].items():
-    fuzz_property(entry_name, entry)()
+    fuzz_property(entry_name, entry,
+                  fuzz_helpers.settings(NNX_EXAMPLES) if group == "nnx" else FUZZ)()
     outcomes = {outcome for (name, outcome), n in FUZZ_COUNTS.items() if name == entry_name}
     # Both sides of the contract were exercised, not only the error paths.
     assert "rejected" in outcomes and ({"ok", "refused"} & outcomes), (entry_name, outcomes)

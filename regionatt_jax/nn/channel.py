@@ -72,9 +72,15 @@ class SqueezeExcite(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
-    _checks.integer(self.reduction, "SqueezeExcite: reduction")
-    _checks.dtypes("SqueezeExcite", self.dtype, self.param_dtype)
+    self._check_attributes(self)
     super().__post_init__()
+
+  @staticmethod
+  def _check_attributes(a) -> None:
+    """Checks the attributes `a.<name>` of this module, or the same-named arguments
+    of its NNX twin."""
+    _checks.integer(a.reduction, "SqueezeExcite: reduction")
+    _checks.dtypes("SqueezeExcite", a.dtype, a.param_dtype)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -124,12 +130,18 @@ class EfficientChannelAttention(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
-    if self.kernel_size is not None:
-      _checks.integer(self.kernel_size, "EfficientChannelAttention: kernel_size", odd=True)
-    _checks.real_scalar(self.gamma, "EfficientChannelAttention: gamma", positive=True)
-    _checks.real_scalar(self.b, "EfficientChannelAttention: b")
-    _checks.dtypes("EfficientChannelAttention", self.dtype, self.param_dtype)
+    self._check_attributes(self)
     super().__post_init__()
+
+  @staticmethod
+  def _check_attributes(a) -> None:
+    """Checks the attributes `a.<name>` of this module, or the same-named arguments
+    of its NNX twin."""
+    if a.kernel_size is not None:
+      _checks.integer(a.kernel_size, "EfficientChannelAttention: kernel_size", odd=True)
+    _checks.real_scalar(a.gamma, "EfficientChannelAttention: gamma", positive=True)
+    _checks.real_scalar(a.b, "EfficientChannelAttention: b")
+    _checks.dtypes("EfficientChannelAttention", a.dtype, a.param_dtype)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -167,9 +179,15 @@ class SpatialAttention(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
-    _checks.integer(self.kernel_size, "SpatialAttention: kernel_size")
-    _checks.dtypes("SpatialAttention", self.dtype, self.param_dtype)
+    self._check_attributes(self)
     super().__post_init__()
+
+  @staticmethod
+  def _check_attributes(a) -> None:
+    """Checks the attributes `a.<name>` of this module, or the same-named arguments
+    of its NNX twin."""
+    _checks.integer(a.kernel_size, "SpatialAttention: kernel_size")
+    _checks.dtypes("SpatialAttention", a.dtype, a.param_dtype)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -210,10 +228,16 @@ class CBAM(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
-    _checks.integer(self.reduction, "CBAM: reduction")
-    _checks.integer(self.kernel_size, "CBAM: kernel_size")
-    _checks.dtypes("CBAM", self.dtype, self.param_dtype)
+    self._check_attributes(self)
     super().__post_init__()
+
+  @staticmethod
+  def _check_attributes(a) -> None:
+    """Checks the attributes `a.<name>` of this module, or the same-named arguments
+    of its NNX twin."""
+    _checks.integer(a.reduction, "CBAM: reduction")
+    _checks.integer(a.kernel_size, "CBAM: kernel_size")
+    _checks.dtypes("CBAM", a.dtype, a.param_dtype)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -255,11 +279,17 @@ class CoordinateAttention(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
-    _checks.integer(self.reduction, "CoordinateAttention: reduction")
-    _checks.integer(self.min_hidden, "CoordinateAttention: min_hidden")
-    _checks.real_scalar(self.momentum, "CoordinateAttention: momentum", minimum=0, maximum=1)
-    _checks.dtypes("CoordinateAttention", self.dtype, self.param_dtype)
+    self._check_attributes(self)
     super().__post_init__()
+
+  @staticmethod
+  def _check_attributes(a) -> None:
+    """Checks the attributes `a.<name>` of this module, or the same-named arguments
+    of its NNX twin."""
+    _checks.integer(a.reduction, "CoordinateAttention: reduction")
+    _checks.integer(a.min_hidden, "CoordinateAttention: min_hidden")
+    _checks.real_scalar(a.momentum, "CoordinateAttention: momentum", minimum=0, maximum=1)
+    _checks.dtypes("CoordinateAttention", a.dtype, a.param_dtype)
 
   @nn.compact
   def __call__(self, x, train: bool = False):

@@ -87,11 +87,17 @@ class AttentionNet(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
-    _checks.integer(self.num_classes, "AttentionNet: num_classes")
-    _checks.positive_ints(self.features, "AttentionNet: features")
-    _checks.function(self.conv, "AttentionNet: conv", "a conv module class")
-    _checks.dtypes("AttentionNet", self.dtype, self.param_dtype)
+    self._check_attributes(self)
     super().__post_init__()
+
+  @staticmethod
+  def _check_attributes(a) -> None:
+    """Checks the attributes `a.<name>` of this module, or the same-named arguments
+    of its NNX twin."""
+    _checks.integer(a.num_classes, "AttentionNet: num_classes")
+    _checks.positive_ints(a.features, "AttentionNet: features")
+    _checks.function(a.conv, "AttentionNet: conv", "a conv module class")
+    _checks.dtypes("AttentionNet", a.dtype, a.param_dtype)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -130,12 +136,18 @@ class SmallCNN(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
-    _checks.positive_ints(self.features, "SmallCNN: features")
-    _check_stage_attention("SmallCNN", self.attention, self.attention_kwargs)
-    _checks.boolean(self.batch_norm, "SmallCNN: batch_norm")
-    _checks.function(self.conv, "SmallCNN: conv", "a conv module class")
-    _checks.dtypes("SmallCNN", self.dtype, self.param_dtype)
+    self._check_attributes(self)
     super().__post_init__()
+
+  @staticmethod
+  def _check_attributes(a) -> None:
+    """Checks the attributes `a.<name>` of this module, or the same-named arguments
+    of its NNX twin."""
+    _checks.positive_ints(a.features, "SmallCNN: features")
+    _check_stage_attention("SmallCNN", a.attention, a.attention_kwargs)
+    _checks.boolean(a.batch_norm, "SmallCNN: batch_norm")
+    _checks.function(a.conv, "SmallCNN: conv", "a conv module class")
+    _checks.dtypes("SmallCNN", a.dtype, a.param_dtype)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -269,13 +281,19 @@ class ResNet(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
-    _checks.positive_ints(self.stage_sizes, "ResNet: stage_sizes")
-    _checks.integer(self.width, "ResNet: width")
-    _checks.choice(self.stem, "ResNet: stem", STEMS)
-    _check_stage_attention("ResNet", self.attention, self.attention_kwargs)
-    _checks.function(self.conv, "ResNet: conv", "a conv module class")
-    _checks.dtypes("ResNet", self.dtype, self.param_dtype)
+    self._check_attributes(self)
     super().__post_init__()
+
+  @staticmethod
+  def _check_attributes(a) -> None:
+    """Checks the attributes `a.<name>` of this module, or the same-named arguments
+    of its NNX twin."""
+    _checks.positive_ints(a.stage_sizes, "ResNet: stage_sizes")
+    _checks.integer(a.width, "ResNet: width")
+    _checks.choice(a.stem, "ResNet: stem", STEMS)
+    _check_stage_attention("ResNet", a.attention, a.attention_kwargs)
+    _checks.function(a.conv, "ResNet: conv", "a conv module class")
+    _checks.dtypes("ResNet", a.dtype, a.param_dtype)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -352,17 +370,23 @@ class RegionAttentionClassifier(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
-    _checks.integer(self.num_classes, "RegionAttentionClassifier: num_classes")
-    _checks.choice(self.backbone, "RegionAttentionClassifier: backbone", BACKBONES)
-    _check_options("RegionAttentionClassifier", "backbone_kwargs", self.backbone_kwargs)
-    _check_stage_attention("RegionAttentionClassifier", self.attention,
-                           self.attention_kwargs)
-    if self.head is not None:
-      _checks.choice(self.head, "RegionAttentionClassifier: head", HEADS)
-    _check_options("RegionAttentionClassifier", "head_kwargs", self.head_kwargs)
-    _checks.function(self.conv, "RegionAttentionClassifier: conv", "a conv module class")
-    _checks.dtypes("RegionAttentionClassifier", self.dtype, self.param_dtype)
+    self._check_attributes(self)
     super().__post_init__()
+
+  @staticmethod
+  def _check_attributes(a) -> None:
+    """Checks the attributes `a.<name>` of this module, or the same-named arguments
+    of its NNX twin."""
+    _checks.integer(a.num_classes, "RegionAttentionClassifier: num_classes")
+    _checks.choice(a.backbone, "RegionAttentionClassifier: backbone", BACKBONES)
+    _check_options("RegionAttentionClassifier", "backbone_kwargs", a.backbone_kwargs)
+    _check_stage_attention("RegionAttentionClassifier", a.attention,
+                           a.attention_kwargs)
+    if a.head is not None:
+      _checks.choice(a.head, "RegionAttentionClassifier: head", HEADS)
+    _check_options("RegionAttentionClassifier", "head_kwargs", a.head_kwargs)
+    _checks.function(a.conv, "RegionAttentionClassifier: conv", "a conv module class")
+    _checks.dtypes("RegionAttentionClassifier", a.dtype, a.param_dtype)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -418,14 +442,20 @@ class MILClassifier(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
-    _checks.integer(self.num_classes, "MILClassifier: num_classes")
-    _checks.positive_ints(self.features, "MILClassifier: features")
-    _checks.integer(self.embed_dim, "MILClassifier: embed_dim")
-    _checks.choice(self.pooling, "MILClassifier: pooling", POOLINGS)
-    _checks.integer(self.hidden, "MILClassifier: hidden")
-    _checks.function(self.conv, "MILClassifier: conv", "a conv module class")
-    _checks.dtypes("MILClassifier", self.dtype, self.param_dtype)
+    self._check_attributes(self)
     super().__post_init__()
+
+  @staticmethod
+  def _check_attributes(a) -> None:
+    """Checks the attributes `a.<name>` of this module, or the same-named arguments
+    of its NNX twin."""
+    _checks.integer(a.num_classes, "MILClassifier: num_classes")
+    _checks.positive_ints(a.features, "MILClassifier: features")
+    _checks.integer(a.embed_dim, "MILClassifier: embed_dim")
+    _checks.choice(a.pooling, "MILClassifier: pooling", POOLINGS)
+    _checks.integer(a.hidden, "MILClassifier: hidden")
+    _checks.function(a.conv, "MILClassifier: conv", "a conv module class")
+    _checks.dtypes("MILClassifier", a.dtype, a.param_dtype)
 
   @nn.compact
   def __call__(self, x, train: bool = False, mask=None):

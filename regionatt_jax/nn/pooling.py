@@ -43,10 +43,16 @@ class AttentionPooling(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
-    _checks.choice(self.kind, "AttentionPooling: kind", KINDS)
-    _checks.integer(self.hidden, "AttentionPooling: hidden")
-    _checks.dtypes("AttentionPooling", self.dtype, self.param_dtype)
+    self._check_attributes(self)
     super().__post_init__()
+
+  @staticmethod
+  def _check_attributes(a) -> None:
+    """Checks the attributes `a.<name>` of this module, or the same-named arguments
+    of its NNX twin."""
+    _checks.choice(a.kind, "AttentionPooling: kind", KINDS)
+    _checks.integer(a.hidden, "AttentionPooling: hidden")
+    _checks.dtypes("AttentionPooling", a.dtype, a.param_dtype)
 
   @nn.compact
   def __call__(self, h, mask=None):

@@ -63,23 +63,29 @@ class RegionAttention(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
+    self._check_attributes(self)
+    super().__post_init__()
+
+  @staticmethod
+  def _check_attributes(a) -> None:
+    """Checks the attributes `a.<name>` of this module, or the same-named arguments
+    of its NNX twin."""
     # Without grid or size the module is incomplete (make_attention("region") builds
     # it); calling it says to give one.
-    if self.grid is not None or self.size is not None:
+    if a.grid is not None or a.size is not None:
       try:
-        ra.regions.layout_arguments(self.grid, size=self.size, stride=self.stride,
-                                    pad=self.pad)
+        ra.regions.layout_arguments(a.grid, size=a.size, stride=a.stride,
+                                    pad=a.pad)
       except (ValueError, TypeError) as error:
         raise type(error)(f"RegionAttention: {error}") from None
-    _checks.boolean(self.pad, "RegionAttention: pad")
-    if self.scorer is not None:
-      _checks.function(self.scorer, "RegionAttention: scorer",
+    _checks.boolean(a.pad, "RegionAttention: pad")
+    if a.scorer is not None:
+      _checks.function(a.scorer, "RegionAttention: scorer",
                        "a scorer module `(..., N, h, w, C) -> (..., N)` or None")
-    _checks.choice(self.normalize, "RegionAttention: normalize", ra.weighting.NORMALIZERS)
-    _checks.choice(self.aggregate, "RegionAttention: aggregate", ra.weighting.AGGREGATIONS)
-    _checks.real_scalar(self.temperature, "RegionAttention: temperature", positive=True)
-    _checks.dtypes("RegionAttention", self.dtype, self.param_dtype)
-    super().__post_init__()
+    _checks.choice(a.normalize, "RegionAttention: normalize", ra.weighting.NORMALIZERS)
+    _checks.choice(a.aggregate, "RegionAttention: aggregate", ra.weighting.AGGREGATIONS)
+    _checks.real_scalar(a.temperature, "RegionAttention: temperature", positive=True)
+    _checks.dtypes("RegionAttention", a.dtype, a.param_dtype)
 
   def _region_args(self):
     return dict(size=self.size, stride=self.stride, pad=self.pad)
@@ -146,21 +152,27 @@ class MultiScaleRegionAttention(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
-    if (not isinstance(self.grids, Sequence) or isinstance(self.grids, (str, bytes))
-        or not self.grids):
-      raise TypeError(f"MultiScaleRegionAttention: grids must be a non-empty sequence of "
-                      f"grids (gh, gw), got {self.grids!r}")
-    for grid in self.grids:
-      _checks.int_pair(grid, "MultiScaleRegionAttention: grids (each grid)")
-    _checks.choice(self.mode, "MultiScaleRegionAttention: mode", MODES)
-    _checks.function(self.scorer, "MultiScaleRegionAttention: scorer",
-                     "a scorer class or factory")
-    _checks.choice(self.normalize, "MultiScaleRegionAttention: normalize",
-                   ra.weighting.NORMALIZERS)
-    _checks.choice(self.aggregate, "MultiScaleRegionAttention: aggregate",
-                   ra.weighting.AGGREGATIONS)
-    _checks.dtypes("MultiScaleRegionAttention", self.dtype, self.param_dtype)
+    self._check_attributes(self)
     super().__post_init__()
+
+  @staticmethod
+  def _check_attributes(a) -> None:
+    """Checks the attributes `a.<name>` of this module, or the same-named arguments
+    of its NNX twin."""
+    if (not isinstance(a.grids, Sequence) or isinstance(a.grids, (str, bytes))
+        or not a.grids):
+      raise TypeError(f"MultiScaleRegionAttention: grids must be a non-empty sequence of "
+                      f"grids (gh, gw), got {a.grids!r}")
+    for grid in a.grids:
+      _checks.int_pair(grid, "MultiScaleRegionAttention: grids (each grid)")
+    _checks.choice(a.mode, "MultiScaleRegionAttention: mode", MODES)
+    _checks.function(a.scorer, "MultiScaleRegionAttention: scorer",
+                     "a scorer class or factory")
+    _checks.choice(a.normalize, "MultiScaleRegionAttention: normalize",
+                   ra.weighting.NORMALIZERS)
+    _checks.choice(a.aggregate, "MultiScaleRegionAttention: aggregate",
+                   ra.weighting.AGGREGATIONS)
+    _checks.dtypes("MultiScaleRegionAttention", a.dtype, a.param_dtype)
 
   def _scorer(self, index: int):
     return self.scorer(dtype=self.dtype, param_dtype=self.param_dtype, name=f"scorer_{index}")

@@ -98,10 +98,16 @@ class AttentionScore(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
-    _checks.integer(self.hidden, "AttentionScore: hidden")
-    _checks.boolean(self.gated, "AttentionScore: gated")
-    _checks.dtypes("AttentionScore", self.dtype, self.param_dtype)
+    self._check_attributes(self)
     super().__post_init__()
+
+  @staticmethod
+  def _check_attributes(a) -> None:
+    """Checks the attributes `a.<name>` of this module, or the same-named arguments
+    of its NNX twin."""
+    _checks.integer(a.hidden, "AttentionScore: hidden")
+    _checks.boolean(a.gated, "AttentionScore: gated")
+    _checks.dtypes("AttentionScore", a.dtype, a.param_dtype)
 
   @nn.compact
   def __call__(self, h):
@@ -135,10 +141,16 @@ class MLPScorer(PooledScorer):
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
-    _checks.positive_ints(self.hidden, "MLPScorer: hidden")
-    _checks.choice(self.pool, "MLPScorer: pool", POOLINGS)
-    _checks.dtypes("MLPScorer", self.dtype, self.param_dtype)
+    self._check_attributes(self)
     super().__post_init__()
+
+  @staticmethod
+  def _check_attributes(a) -> None:
+    """Checks the attributes `a.<name>` of this module, or the same-named arguments
+    of its NNX twin."""
+    _checks.positive_ints(a.hidden, "MLPScorer: hidden")
+    _checks.choice(a.pool, "MLPScorer: pool", POOLINGS)
+    _checks.dtypes("MLPScorer", a.dtype, a.param_dtype)
 
   @nn.compact
   def score_pooled(self, pooled):
@@ -165,10 +177,16 @@ class GatedScorer(PooledScorer):
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
-    _checks.integer(self.hidden, "GatedScorer: hidden")
-    _checks.choice(self.pool, "GatedScorer: pool", POOLINGS)
-    _checks.dtypes("GatedScorer", self.dtype, self.param_dtype)
+    self._check_attributes(self)
     super().__post_init__()
+
+  @staticmethod
+  def _check_attributes(a) -> None:
+    """Checks the attributes `a.<name>` of this module, or the same-named arguments
+    of its NNX twin."""
+    _checks.integer(a.hidden, "GatedScorer: hidden")
+    _checks.choice(a.pool, "GatedScorer: pool", POOLINGS)
+    _checks.dtypes("GatedScorer", a.dtype, a.param_dtype)
 
   @nn.compact
   def score_pooled(self, pooled):
@@ -195,11 +213,17 @@ class ConvScorer(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
-    _checks.positive_ints(self.features, "ConvScorer: features")
-    _checks.integer(self.kernel_size, "ConvScorer: kernel_size")
-    _checks.function(self.conv, "ConvScorer: conv", "a conv module class")
-    _checks.dtypes("ConvScorer", self.dtype, self.param_dtype)
+    self._check_attributes(self)
     super().__post_init__()
+
+  @staticmethod
+  def _check_attributes(a) -> None:
+    """Checks the attributes `a.<name>` of this module, or the same-named arguments
+    of its NNX twin."""
+    _checks.positive_ints(a.features, "ConvScorer: features")
+    _checks.integer(a.kernel_size, "ConvScorer: kernel_size")
+    _checks.function(a.conv, "ConvScorer: conv", "a conv module class")
+    _checks.dtypes("ConvScorer", a.dtype, a.param_dtype)
 
   @nn.compact
   def __call__(self, regions):
@@ -242,12 +266,18 @@ class RecurrentScorer(PooledScorer):
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
-    _checks.integer(self.hidden, "RecurrentScorer: hidden")
-    _checks.choice(self.cell, "RecurrentScorer: cell", CELLS)
-    _checks.boolean(self.bidirectional, "RecurrentScorer: bidirectional")
-    _checks.choice(self.pool, "RecurrentScorer: pool", POOLINGS)
-    _checks.dtypes("RecurrentScorer", self.dtype, self.param_dtype)
+    self._check_attributes(self)
     super().__post_init__()
+
+  @staticmethod
+  def _check_attributes(a) -> None:
+    """Checks the attributes `a.<name>` of this module, or the same-named arguments
+    of its NNX twin."""
+    _checks.integer(a.hidden, "RecurrentScorer: hidden")
+    _checks.choice(a.cell, "RecurrentScorer: cell", CELLS)
+    _checks.boolean(a.bidirectional, "RecurrentScorer: bidirectional")
+    _checks.choice(a.pool, "RecurrentScorer: pool", POOLINGS)
+    _checks.dtypes("RecurrentScorer", a.dtype, a.param_dtype)
 
   @nn.compact
   def score_pooled(self, pooled):
@@ -290,17 +320,23 @@ class SelfAttentionScorer(PooledScorer):
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
-    _checks.integer(self.embed_dim, "SelfAttentionScorer: embed_dim")
-    _checks.integer(self.num_heads, "SelfAttentionScorer: num_heads")
-    if self.embed_dim % self.num_heads:
+    self._check_attributes(self)
+    super().__post_init__()
+
+  @staticmethod
+  def _check_attributes(a) -> None:
+    """Checks the attributes `a.<name>` of this module, or the same-named arguments
+    of its NNX twin."""
+    _checks.integer(a.embed_dim, "SelfAttentionScorer: embed_dim")
+    _checks.integer(a.num_heads, "SelfAttentionScorer: num_heads")
+    if a.embed_dim % a.num_heads:
       raise ValueError(
           f"SelfAttentionScorer: num_heads must divide embed_dim, got num_heads="
-          f"{self.num_heads}, embed_dim={self.embed_dim}")
-    _checks.boolean(self.position_embeddings, "SelfAttentionScorer: position_embeddings")
-    _checks.integer(self.mlp_ratio, "SelfAttentionScorer: mlp_ratio")
-    _checks.choice(self.pool, "SelfAttentionScorer: pool", POOLINGS)
-    _checks.dtypes("SelfAttentionScorer", self.dtype, self.param_dtype)
-    super().__post_init__()
+          f"{a.num_heads}, embed_dim={a.embed_dim}")
+    _checks.boolean(a.position_embeddings, "SelfAttentionScorer: position_embeddings")
+    _checks.integer(a.mlp_ratio, "SelfAttentionScorer: mlp_ratio")
+    _checks.choice(a.pool, "SelfAttentionScorer: pool", POOLINGS)
+    _checks.dtypes("SelfAttentionScorer", a.dtype, a.param_dtype)
 
   @nn.compact
   def score_pooled(self, pooled):

@@ -24,13 +24,12 @@ from regionatt_jax.nn import pooling as linen_pooling
 from regionatt_jax.nn import region as linen_region
 from regionatt_jax.nn import scorers as linen_scorers
 from regionatt_jax.nn.maps import ATTENTION_MAP, INSTANCE_WEIGHTS, REGION_WEIGHTS
-from regionatt_jax.nnx.layers import Conv, RecurrentCell, sow
+from regionatt_jax.nnx.layers import check_like, Conv, RecurrentCell, sow
 
 Dtype = Any
 
 
 def _pooled_width(in_features: int, pool: str) -> int:
-  _checks.choice(pool, "pool", linen_scorers.POOLINGS)
   return 2 * in_features if pool == "meanmax" else in_features
 
 
@@ -64,6 +63,7 @@ class AttentionScore(nnx.Module):
 
   def __init__(self, in_features: int, hidden: int = 64, gated: bool = False, *,
                dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    check_like(linen_scorers.AttentionScore, locals())
     linear = lambda i, o: nnx.Linear(i, o, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.V = linear(in_features, hidden)  # pylint: disable=invalid-name
     self.U = linear(in_features, hidden) if gated else None  # pylint: disable=invalid-name
@@ -87,6 +87,7 @@ class MLPScorer(PooledScorer):
 
   def __init__(self, in_features: int, hidden: Sequence[int] = (64,), pool: str = "mean", *,
                dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    check_like(linen_scorers.MLPScorer, locals())
     self.pool, self.dtype, self.num_hidden = pool, dtype, len(hidden)
     widths = (_pooled_width(in_features, pool), *hidden)
     for i, (width_in, width_out) in enumerate(zip(widths, widths[1:])):
@@ -113,6 +114,7 @@ class GatedScorer(PooledScorer):
 
   def __init__(self, in_features: int, hidden: int = 64, pool: str = "mean", *,
                dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    check_like(linen_scorers.GatedScorer, locals())
     self.pool, self.dtype = pool, dtype
     self.attention = AttentionScore(_pooled_width(in_features, pool), hidden, gated=True,
                                     dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -136,6 +138,7 @@ class ConvScorer(nnx.Module):
   def __init__(self, in_features: int, features: Sequence[int] = (16, 32),
                kernel_size: int = 3, conv: Callable[..., nnx.Module] = Conv, *,
                dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    check_like(linen_scorers.ConvScorer, locals())
     self.num_convs = len(features)
     widths = (in_features, *features)
     for i, (width_in, width_out) in enumerate(zip(widths, widths[1:])):
@@ -169,7 +172,7 @@ class RecurrentScorer(PooledScorer):
   def __init__(self, in_features: int, hidden: int = 64, cell: str = "gru",
                bidirectional: bool = False, pool: str = "mean", *, dtype: Dtype | None = None,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
-    _checks.choice(cell, "RecurrentScorer: cell", linen_scorers.CELLS)
+    check_like(linen_scorers.RecurrentScorer, locals())
     self.pool, self.dtype = pool, dtype
     prefix = linen_scorers.CELLS[cell].__name__
     self.cell_names = tuple(f"{prefix}_{i}" for i in range(2 if bidirectional else 1))
@@ -208,6 +211,7 @@ class SelfAttentionScorer(PooledScorer):
                num_heads: int = 4, position_embeddings: bool = True, mlp_ratio: int = 2,
                pool: str = "mean", *, dtype: Dtype | None = None,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    check_like(linen_scorers.SelfAttentionScorer, locals())
     if embed_dim % num_heads:
       raise ValueError(
           f"SelfAttentionScorer: num_heads must divide embed_dim, got num_heads="
@@ -264,7 +268,8 @@ class RegionAttention(nnx.Module):
                pad: bool = False, scorer: nnx.Module | None = None,
                normalize: str = "softmax", aggregate: str = "sum", temperature: float = 1.0,
                dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
-    as_tuple = lambda v: None if v is None else tuple(v)
+    check_like(linen_region.RegionAttention, locals())
+    as_tuple = lambda v: tuple(v) if isinstance(v, Sequence) else v  # an int is (v, v)
     self.grid, self.size, self.stride = as_tuple(grid), as_tuple(size), as_tuple(stride)
     self.pad, self.normalize, self.aggregate = pad, normalize, aggregate
     self.temperature = temperature
@@ -308,9 +313,7 @@ class MultiScaleRegionAttention(nnx.Module):
                mode: str = "parallel", scorer: Callable[..., nnx.Module] = MLPScorer,
                normalize: str = "softmax", aggregate: str = "sum",
                dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
-    _checks.choice(mode, "MultiScaleRegionAttention: mode", linen_region.MODES)
-    if not grids:
-      raise ValueError("MultiScaleRegionAttention: grids must name at least one grid, got ()")
+    check_like(linen_region.MultiScaleRegionAttention, locals())
     self.grids = tuple(tuple(grid) for grid in grids)
     self.mode, self.normalize, self.aggregate = mode, normalize, aggregate
     for s in range(len(self.grids)):
@@ -354,7 +357,7 @@ class AttentionPooling(nnx.Module):
 
   def __init__(self, in_features: int | None, kind: str = "attention", hidden: int = 64, *,
                dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
-    _checks.choice(kind, "AttentionPooling: kind", linen_pooling.KINDS)
+    check_like(linen_pooling.AttentionPooling, locals(), optional_width=True)
     self.kind, self.dtype = kind, dtype
     scored = kind in ("attention", "gated")
     if scored and in_features is None:
@@ -418,6 +421,7 @@ class SqueezeExcite(_Gate):
 
   def __init__(self, in_features: int, reduction: int = 16, *, dtype: Dtype | None = None,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    check_like(linen_channel.SqueezeExcite, locals())
     self.dtype = dtype
     self.mlp = _bottleneck(in_features, reduction, "SqueezeExcite", dtype, param_dtype, rngs)
 
@@ -439,9 +443,9 @@ class EfficientChannelAttention(_Gate):
   def __init__(self, in_features: int | None, kernel_size: int | None = None,
                gamma: float = 2.0, b: float = 1.0, *, dtype: Dtype | None = None,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    check_like(linen_channel.EfficientChannelAttention, locals(),
+               optional_width=kernel_size is not None)
     k = kernel_size or linen_channel.eca_kernel_size(in_features, gamma, b)
-    if k < 1 or k % 2 == 0:
-      raise ValueError(f"EfficientChannelAttention: kernel_size must be a positive odd int, got {k}")
     self.dtype = dtype
     self.conv = nnx.Conv(1, 1, (k,), padding="SAME", use_bias=False, dtype=dtype,
                          param_dtype=param_dtype, rngs=rngs)
@@ -462,6 +466,7 @@ class SpatialAttention(_Gate):
 
   def __init__(self, in_features: int | None = None, kernel_size: int = 7, *,
                dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    check_like(linen_channel.SpatialAttention, locals(), optional_width=True)
     del in_features
     self.dtype = dtype
     self.conv = nnx.Conv(2, 1, (kernel_size, kernel_size), padding="SAME", use_bias=False,
@@ -485,6 +490,7 @@ class CBAM(_Gate):
 
   def __init__(self, in_features: int, reduction: int = 16, kernel_size: int = 7, *,
                dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    check_like(linen_channel.CBAM, locals())
     self.dtype = dtype
     self.mlp = _bottleneck(in_features, reduction, "CBAM", dtype, param_dtype, rngs)
     self.spatial = SpatialAttention(kernel_size=kernel_size, dtype=dtype,
@@ -508,6 +514,7 @@ class CoordinateAttention(nnx.Module):
   def __init__(self, in_features: int, reduction: int = 32, min_hidden: int = 8,
                momentum: float = 0.9, *, dtype: Dtype | None = None,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    check_like(linen_channel.CoordinateAttention, locals())
     if reduction < 1:
       raise ValueError(f"CoordinateAttention: reduction must be >= 1, got {reduction}")
     hidden = max(min_hidden, in_features // reduction)
@@ -563,11 +570,11 @@ def make_attention(kind: str | None, in_features: int, /, *, rngs: nnx.Rngs,
   Returns:
     The module, or None.
   """
-  if kind is None or kind == "none":
+  if kind is None:
     return None
-  if kind not in ATTENTIONS:
-    raise ValueError(f"make_attention: unknown attention kind {kind!r}; need one of "
-                     f"{sorted(ATTENTIONS)} or None")
+  linen_factory.check_kind(kind, "make_attention: kind")
+  if kind == "none":
+    return None
   module = ATTENTIONS[kind]
   kwargs = _scorer_by_name(kind, in_features, dict(kwargs), rngs)
   try:

@@ -1,7 +1,8 @@
 """NNX building blocks shared by the NNX modules: the custom-VJP `Conv`, a Flax recurrent
-cell holding its parameters as `nnx.Param`s, and sowing that only records inside
-`nnx.capture`."""
+cell holding its parameters as `nnx.Param`s, sowing that only records inside
+`nnx.capture`, and `check_like`, which runs a Linen twin's attribute checks."""
 
+import types
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -10,10 +11,22 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from regionatt_jax import _checks
 from regionatt_jax.nn import conv as conv_lib
 from regionatt_jax.nn import functional
 
 Dtype = Any
+
+
+def check_like(linen_class, arguments: Mapping[str, Any], *,
+               optional_width: bool = False) -> None:
+  """Checks an NNX constructor's `arguments` (its `locals()`) with the construction-time
+  checks of its Linen twin `linen_class`, whose attributes have the same names, and its
+  input width `in_features` (which Linen infers): a positive int, or None where
+  `optional_width`."""
+  if not (optional_width and arguments["in_features"] is None):
+    _checks.integer(arguments["in_features"], f"{linen_class.__name__}: in_features")
+  linen_class._check_attributes(types.SimpleNamespace(**arguments))  # pylint: disable=protected-access
 
 
 def sow(module: nnx.Module, name: str, value) -> None:

@@ -22,7 +22,7 @@ from regionatt_jax.nn import functional
 from regionatt_jax.nn import models as linen_models
 from regionatt_jax.nn.maps import ATTENTION_MAP
 from regionatt_jax.nnx.attention import _batch_norm_mode, AttentionPooling, make_attention
-from regionatt_jax.nnx.layers import Conv, sow
+from regionatt_jax.nnx.layers import check_like, Conv, sow
 
 Dtype = Any
 ConvDef = Callable[..., nnx.Module]
@@ -35,7 +35,11 @@ def _stage_attention(kind, kwargs, in_features: int, dtype, param_dtype, rngs):
   """The NNX attention module of one stage (None for none), with the model's dtypes."""
   options = {"dtype": dtype, "param_dtype": param_dtype,
              **linen_models.STAGE_ATTENTION_DEFAULTS.get(kind, {}), **(kwargs or {})}
-  return make_attention(kind, in_features, rngs=rngs, **options)
+  try:
+    return make_attention(kind, in_features, rngs=rngs, **options)
+  except (ValueError, TypeError) as error:  # built here, so say which options made it
+    raise type(error)(f"attention={kind!r} with attention_kwargs={kwargs!r} on a stage of "
+                      f"width {in_features}: {error}") from error
 
 
 class AttentionNet(nnx.Module):
@@ -52,6 +56,7 @@ class AttentionNet(nnx.Module):
   def __init__(self, in_features: int, num_classes: int, features: Sequence[int] = (64, 128),
                conv: ConvDef = Conv, *, dtype: Dtype | None = None,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    check_like(linen_models.AttentionNet, locals())
     conv = functools.partial(conv, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     widths = (in_features, *features)
     self.num_convs = len(features)
@@ -88,6 +93,7 @@ class SmallCNN(nnx.Module):
                attention: str | None = None, attention_kwargs: Mapping[str, Any] | None = None,
                batch_norm: bool = True, conv: ConvDef = Conv, *, dtype: Dtype | None = None,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    check_like(linen_models.SmallCNN, locals())
     self.num_stages, self.batch_norm = len(features), batch_norm
     self.out_features = features[-1]
     widths = (in_features, *features)
@@ -204,7 +210,7 @@ class ResNet(nnx.Module):
                attention: str | None = None, attention_kwargs: Mapping[str, Any] | None = None,
                conv: ConvDef = Conv, *, dtype: Dtype | None = None,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
-    _checks.choice(stem, "ResNet: stem", ("imagenet", "small"))
+    check_like(linen_models.ResNet, locals())
     self.stem = stem
     conv = functools.partial(conv, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     norm = functools.partial(nnx.BatchNorm, momentum=0.9, epsilon=1e-5, dtype=dtype,
@@ -279,10 +285,7 @@ class RegionAttentionClassifier(nnx.Module):
                attention_kwargs: Mapping[str, Any] | None = None, head: str | None = "region",
                head_kwargs: Mapping[str, Any] | None = None, conv: ConvDef = Conv, *,
                dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
-    _checks.choice(backbone, "RegionAttentionClassifier: backbone", BACKBONES)
-    if head not in (None, "region", "multiscale"):
-      raise ValueError(f"RegionAttentionClassifier: head must be 'region', 'multiscale' or "
-                       f"None, got {head!r}")
+    check_like(linen_models.RegionAttentionClassifier, locals())
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.backbone = BACKBONES[backbone](in_features, attention=attention,
                                         attention_kwargs=attention_kwargs, conv=conv, **kw,
@@ -319,6 +322,7 @@ class MILClassifier(nnx.Module):
                embed_dim: int = 64, pooling: str = "attention", hidden: int = 64,
                conv: ConvDef = Conv, *, dtype: Dtype | None = None,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    check_like(linen_models.MILClassifier, locals())
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.instance_cnn = SmallCNN(in_features, features, batch_norm=False, conv=conv, **kw)
     self.embed = nnx.Linear(features[-1], embed_dim, **kw)

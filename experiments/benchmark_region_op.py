@@ -2,13 +2,22 @@ r"""Speed of the region-attention op against memory bandwidth, measured in one r
 
 Times, for each size: the weighted sum alone in three forms (the library's, XLA's reduce
 over the grid axes of the free reshape, and an einsum over transposed regions), and
-`region_attention` with an MLP scorer on region means, forward and forward+backward.
+`region_attention` with an MLP scorer on region means, forward and forward+backward, in
+both forms: `pooled` (the scorer gets the means read in place, `pool="mean"`, as
+`RegionAttention` does with `MLPScorer`) and `regions` (it gets the regions).
 Prints median milliseconds, compile seconds and GB/s set against the copy bandwidth
 (read + write) and the read-only bandwidth measured on the same arrays in the same run:
-the weighted sum reads x and writes 1/N of it, so reading bounds it.
+the weighted sum reads x and writes 1/N of it, so reading bounds it. The op's times are
+also given in passes: time / (bytes of x / copy bandwidth); the pooled op needs 2 passes
+forward and 4 forward+backward.
+
+`--scaling` times the pooled op from 64 to 512 pixels and 2x2 to 32x32 grids (and
+overlapping windows of stride half the region at the same N), each figure as ns per
+element of x: the table of no cliff at many regions.
 
   GLIBC_TUNABLES=$(python -m experiments.timing) \
     python -m experiments.benchmark_region_op            # full sizes (~1 min)
+  python -m experiments.benchmark_region_op --scaling    # the scaling table
   python -m experiments.benchmark_region_op --quick      # tiny sizes, seconds (CI)
 
 (`python -m experiments.timing` prints the tuned allocator setting of every benchmark.)
@@ -29,6 +38,9 @@ import regionatt_jax as ra
 FULL_CASES = [((32, 64, 64, 64), (4, 4)), ((128, 64, 64, 64), (4, 4)),
               ((128, 64, 64, 64), (8, 8))]
 QUICK_CASES = [((4, 16, 16, 8), (4, 4))]
+SCALING_SIDES, SCALING_GRIDS = (64, 128, 256, 512), (2, 4, 8, 16, 32)
+SCALING_BATCH, SCALING_CHANNELS = 8, 16
+MAX_SCALING_REGIONS = 1024  # windows at stride half the region: (2g - 1)^2 of them
 
 
 def median_seconds(fn, *args, repeats):
@@ -62,11 +74,38 @@ def read_bandwidth(x, repeats):
 
 
 def mlp_scorer(params):
-  """Score regions by a 2-layer MLP on their channel means: `(..., N, h, w, C) -> (..., N)`."""
-  def score_fn(regions):
-    hidden = jax.nn.relu(regions.mean(axis=(-3, -2)) @ params["w1"])
-    return (hidden @ params["w2"])[..., 0]
+  """A 2-layer MLP on region means: `(..., N, C) -> (..., N)`."""
+  def score_fn(pooled):
+    return (jax.nn.relu(pooled @ params["w1"]) @ params["w2"])[..., 0]
   return score_fn
+
+
+def op_forms(params, **layout):
+  """`region_attention` with the MLP scorer: `pooled` (means read in place) and `regions`."""
+  score = mlp_scorer(params)
+  return {
+      "pooled": lambda x: ra.region_attention(x, score, pool="mean", **layout)[0],
+      "regions": lambda x: ra.region_attention(
+          x, lambda r: score(r.mean(axis=(-3, -2))), **layout)[0],
+  }
+
+
+def time_op(forward, params_and_x, repeats):
+  """`(forward ms, forward+backward ms, compile s of forward+backward)` of `forward(x)`,
+  differentiated w.r.t. x and the parameters it closes over through `params_and_x`."""
+  params, x = params_and_x
+  fwd = jax.jit(lambda params, x: forward(params)(x))
+  fwd_bwd = jax.jit(jax.value_and_grad(lambda params, x: jnp.sum(forward(params)(x) ** 2),
+                                       argnums=(0, 1)))
+  compile_s = compile_seconds(fwd_bwd, params, x)
+  return (median_seconds(fwd, params, x, repeats=repeats) * 1e3,
+          median_seconds(fwd_bwd, params, x, repeats=repeats) * 1e3, compile_s)
+
+
+def random_params(key, channels):
+  key_1, key_2 = jax.random.split(key)
+  return {"w1": jax.random.normal(key_1, (channels, 32)) / np.sqrt(channels),
+          "w2": jax.random.normal(key_2, (32, 1)) / np.sqrt(32)}
 
 
 def weighted_sum_forms(grid):
@@ -87,12 +126,11 @@ def weighted_sum_forms(grid):
 
 
 def run_case(shape, grid, repeats):
-  key_x, key_a, key_1, key_2 = jax.random.split(jax.random.key(0), 4)
+  key_x, key_a, key_p = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(key_x, shape, jnp.float32)
   n = grid[0] * grid[1]
   a = jax.nn.softmax(jax.random.normal(key_a, (shape[0], n)))
-  params = {"w1": jax.random.normal(key_1, (shape[-1], 32)) / np.sqrt(shape[-1]),
-            "w2": jax.random.normal(key_2, (32, 1)) / np.sqrt(32)}
+  params = random_params(key_p, shape[-1])
   x_bytes = x.nbytes
   y_bytes = x_bytes // n
   row = {"shape": shape, "grid": grid, "x_MB": x_bytes / 2**20,
@@ -110,21 +148,13 @@ def run_case(shape, grid, repeats):
     # One read of x and one write of y.
     row[f"sum_{name}_GBps"] = (x_bytes + y_bytes) / seconds / 1e9
 
-  def forward(params, x):
-    return ra.region_attention(x, mlp_scorer(params), grid=grid)[0]
-
-  def loss(params, x):
-    return jnp.sum(forward(params, x) ** 2)
-
-  fwd = jax.jit(forward)
-  fwd_bwd = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
-  row["op_fwd_compile_s"] = compile_seconds(fwd, params, x)
-  row["op_fwd_bwd_compile_s"] = compile_seconds(fwd_bwd, params, x)
-  seconds = median_seconds(fwd, params, x, repeats=repeats)
-  row["op_fwd_ms"] = seconds * 1e3
-  # Two passes must read x (the scorer's means, then the weighted sum); y is written.
-  row["op_fwd_GBps"] = (2 * x_bytes + y_bytes) / seconds / 1e9
-  row["op_fwd_bwd_ms"] = median_seconds(fwd_bwd, params, x, repeats=repeats) * 1e3
+  pass_ms = x_bytes / (row["copy_GBps"] * 1e9) * 1e3  # one pass over x at copy speed
+  row["pass_ms"] = pass_ms
+  for form in ("pooled", "regions"):
+    fwd_ms, fwd_bwd_ms, compile_s = time_op(lambda p, form=form: op_forms(p, grid=grid)[form],
+                                            (params, x), repeats)
+    row[f"op_{form}_fwd_ms"], row[f"op_{form}_fwd_bwd_ms"] = fwd_ms, fwd_bwd_ms
+    row[f"op_{form}_fwd_bwd_compile_s"] = compile_s
   return row
 
 
@@ -138,23 +168,55 @@ def format_row(row):
         f"{row[f'sum_{name}_GBps']:6.1f} GB/s = {row[f'sum_{name}_GBps'] / copy:4.0%} of copy, "
         f"{row[f'sum_{name}_GBps'] / read:4.0%} of read"
         f"  (compile {row[f'sum_{name}_compile_s']:.2f} s)")
-  lines.append(
-      f"  region_attention fwd   {row['op_fwd_ms']:8.2f} ms  {row['op_fwd_GBps']:6.1f} GB/s "
-      f"= {row['op_fwd_GBps'] / copy:4.0%} of copy, {row['op_fwd_GBps'] / read:4.0%} of read "
-      f"(compile {row['op_fwd_compile_s']:.2f} s)")
-  lines.append(
-      f"  region_attention fwd+bwd {row['op_fwd_bwd_ms']:6.2f} ms "
-      f"({row['op_fwd_bwd_ms'] / row['op_fwd_ms']:.1f}x fwd; compile "
-      f"{row['op_fwd_bwd_compile_s']:.2f} s)")
+  for form in ("pooled", "regions"):
+    fwd, fwd_bwd = row[f"op_{form}_fwd_ms"], row[f"op_{form}_fwd_bwd_ms"]
+    lines.append(
+        f"  region_attention [{form:7s}] fwd {fwd:8.2f} ms = {fwd / row['pass_ms']:4.1f} passes, "
+        f"fwd+bwd {fwd_bwd:8.2f} ms = {fwd_bwd / row['pass_ms']:4.1f} passes "
+        f"(compile {row[f'op_{form}_fwd_bwd_compile_s']:.2f} s)")
   lines.append(
       f"  library vs einsum {row['sum_einsum_ms'] / row['sum_library_ms']:.1f}x faster, "
       f"vs reduce {row['sum_reduce_ms'] / row['sum_library_ms']:.1f}x faster")
   return "\n".join(lines)
 
 
+def scaling_rows(repeats, sides=SCALING_SIDES, grids=SCALING_GRIDS):
+  """The pooled op per image side and grid (and windows at stride half the region, up
+  to `MAX_SCALING_REGIONS`)."""
+  rows = []
+  for side in sides:
+    key_x, key_p = jax.random.split(jax.random.key(side))
+    x = jax.random.normal(key_x, (SCALING_BATCH, side, side, SCALING_CHANNELS))
+    params = random_params(key_p, SCALING_CHANNELS)
+    pass_ms = x.nbytes / (copy_bandwidth(x, repeats) * 1e9) * 1e3
+    for g in grids:
+      if side // g < 2:
+        continue
+      region = side // g
+      layouts = {"grid": dict(grid=(g, g)),
+                 "windows": dict(size=(region, region), stride=(region // 2, region // 2))}
+      for name, layout in layouts.items():
+        n = ra.region_layout((side, side), **layout).num_regions
+        if n > MAX_SCALING_REGIONS:
+          continue
+        fwd_ms, fwd_bwd_ms, compile_s = time_op(
+            lambda p, layout=layout: op_forms(p, **layout)["pooled"], (params, x), repeats)
+        rows.append(dict(side=side, grid=g, layout=name, regions=n, pass_ms=pass_ms,
+                         fwd_ns=fwd_ms * 1e6 / x.size, fwd_bwd_ns=fwd_bwd_ms * 1e6 / x.size,
+                         fwd_passes=fwd_ms / pass_ms, fwd_bwd_passes=fwd_bwd_ms / pass_ms,
+                         compile_s=compile_s))
+        print(f"  {side:4d} px, {name:7s} {n:5d} regions: fwd {rows[-1]['fwd_ns']:.3f} ns/elem "
+              f"({rows[-1]['fwd_passes']:.1f} passes), fwd+bwd {rows[-1]['fwd_bwd_ns']:.3f} "
+              f"ns/elem ({rows[-1]['fwd_bwd_passes']:.1f} passes), compile {compile_s:.2f} s",
+              flush=True)
+  return rows
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="tiny sizes, for CI")
+  parser.add_argument("--scaling", action="store_true",
+                      help="the pooled op from 64 to 512 px, 2x2 to 32x32 regions")
   parser.add_argument("--repeats", type=int, default=None, help="timed runs per figure")
   parser.add_argument("--json", default=None, help="also write the rows to this file")
   args = parser.parse_args(argv)
@@ -166,6 +228,12 @@ def main(argv=None):
         f"{env['cores']} cores, allocator "
         f"{'tuned' if allocator == timing.TUNED_ALLOCATOR else allocator or 'default'}, "
         f"medians of {repeats}")
+  if args.scaling:
+    rows = scaling_rows(repeats, **(dict(sides=(16,), grids=(2, 4)) if args.quick else {}))
+    if args.json:
+      with open(args.json, "w") as f:
+        json.dump(rows, f, indent=1)
+    return rows
   rows = []
   for shape, grid in cases:
     rows.append(run_case(shape, grid, repeats))

@@ -44,9 +44,18 @@ def test_region_op_benchmark_quick(tmp_path):
   rows = benchmark_region_op.main(["--quick", "--json", str(tmp_path / "rows.json")])
   assert json.loads((tmp_path / "rows.json").read_text()) == json.loads(json.dumps(rows))
   (row,) = rows
-  for key in ("sum_library_ms", "sum_reduce_ms", "sum_einsum_ms", "op_fwd_ms",
-              "op_fwd_bwd_ms", "copy_GBps"):
+  for key in ("sum_library_ms", "sum_reduce_ms", "sum_einsum_ms", "op_pooled_fwd_ms",
+              "op_pooled_fwd_bwd_ms", "op_regions_fwd_ms", "op_regions_fwd_bwd_ms",
+              "pass_ms", "copy_GBps"):
     assert row[key] > 0, key
+
+
+def test_region_op_scaling_quick():
+  rows = benchmark_region_op.main(["--quick", "--scaling"])
+  # 16 px on 2x2 and 4x4 grids, each also as windows of stride half the region.
+  assert [(r["layout"], r["regions"]) for r in rows] == [
+      ("grid", 4), ("windows", 9), ("grid", 16), ("windows", 49)]
+  assert all(r["fwd_passes"] > 0 and r["fwd_bwd_ns"] > 0 for r in rows)
 
 
 def _run_quick(module: str, out_dir) -> str:

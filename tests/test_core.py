@@ -1,6 +1,7 @@
 """The pure functions against plain NumPy loops (tests/reference.py), eager and jitted."""
 
 import functools
+import re
 
 import chex
 import hypothesis
@@ -36,6 +37,11 @@ def use_jit(request):
 
 def random_image(shape, seed=0, dtype=np.float32):
   return np.random.default_rng(seed).normal(size=shape).astype(dtype)
+
+
+def primitives(fn, *args):
+  """Names of the primitives in the jaxpr of `fn(*args)`, nested jaxprs included."""
+  return set(re.findall(r"= (\w[\w-]*)\[", str(jax.make_jaxpr(fn)(*args))))
 
 
 @pytest.mark.parametrize("name", LAYOUTS)
@@ -231,6 +237,83 @@ def test_region_attention_gradients(name, mode):
   check_grads(fn, (x,), order=1, modes=["rev", "fwd"], atol=2e-2, rtol=2e-2)
 
 
+def numpy_pool(region, pool):
+  """A region `(h, w, C)` -> its pooled `(C',)`, by the definition of `pool=`."""
+  parts = {"mean": [region.mean((0, 1))], "max": [region.max((0, 1))],
+           "meanmax": [region.mean((0, 1)), region.max((0, 1))]}[pool]
+  return np.concatenate(parts).astype(np.float64)
+
+
+def pooled_scorer(channels):
+  """A nonlinear scorer of pooled regions `(..., N, C')` and its NumPy twin per region."""
+  projection = np.linspace(-1.0, 1.5, channels).astype(np.float32)
+  score_fn = lambda pooled: jnp.tanh(pooled @ projection) * 3.0
+  return score_fn, lambda features: float(np.tanh(features @ projection) * 3.0)
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+@pytest.mark.parametrize("kind", list(ra.weighting.NORMALIZERS))
+@pytest.mark.parametrize("pool", ra.weighting.POOLS)
+def test_pooled_region_attention_matches_loops(name, kind, pool):
+  kw = LAYOUTS[name]
+  x = random_image((2,) + IMAGE + (3,), seed=15)
+  score_fn, numpy_score = pooled_scorer(6 if pool == "meanmax" else 3)
+  mode = {"grid": "mean", "windows_overlap": "reassemble"}.get(name, "sum")
+  y, a = jax.jit(functools.partial(ra.region_attention, score_fn=score_fn, normalize=kind,
+                                   aggregate=mode, pool=pool, **kw))(x)
+  want_y, want_a = reference.region_attention(
+      x, lambda region: numpy_score(numpy_pool(region, pool)), kind, mode, **kw)
+  np.testing.assert_allclose(a, want_a, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(y, want_y, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["grid", "grid_pad", "windows_overlap"])
+@pytest.mark.parametrize("pool", ra.weighting.POOLS)
+def test_pooled_region_attention_gradients(name, pool):
+  x = jnp.asarray(random_image((2,) + IMAGE + (2,), seed=16))
+  score_fn, _ = pooled_scorer(4 if pool == "meanmax" else 2)
+  fn = lambda x: ra.region_attention(x, score_fn, pool=pool, **LAYOUTS[name])[0]
+  check_grads(fn, (x,), order=1, modes=["rev", "fwd"], atol=2e-2, rtol=2e-2)
+
+
+def test_pooled_max_gradient_splits_ties_as_jnp_max():
+  # After a ReLU whole regions are 0: every pixel ties for the max.
+  x = jnp.maximum(jnp.asarray(random_image((2, 8, 8, 3), seed=17)), 0.0).at[:, :4, :4].set(0)
+  score_fn, _ = pooled_scorer(3)
+  loss = lambda x, fn, pool: jnp.sum(
+      ra.region_attention(x, fn, grid=(2, 2), pool=pool)[0] ** 2)
+  grad_pooled = jax.grad(loss)(x, score_fn, "max")
+  grad_general = jax.grad(loss)(
+      x, lambda regions: score_fn(jnp.max(regions, axis=(-3, -2))), None)
+  np.testing.assert_allclose(grad_pooled, grad_general, rtol=1e-5, atol=1e-7)
+
+
+def test_pooled_region_attention_with_mask_vmap_and_low_precision():
+  x = random_image((3, 8, 12, 2), seed=18)
+  mask = np.array([[True, False, True, True, False, True]] * 3)
+  score_fn, numpy_score = pooled_scorer(4)
+  attend = functools.partial(ra.region_attention, score_fn=score_fn, grid=(2, 3),
+                             pool="meanmax")
+  _, a = jax.vmap(lambda xi, mi: attend(xi, mask=mi))(x, mask)
+  regions = reference.partition(x, grid=(2, 3))
+  scores = np.array([[numpy_score(numpy_pool(r, "meanmax")) for r in image]
+                     for image in regions])
+  np.testing.assert_allclose(a, reference.softmax(scores, mask), rtol=1e-5, atol=1e-7)
+  y16, _ = attend(jnp.asarray(x, jnp.bfloat16))
+  y32, _ = attend(x)
+  assert y16.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(y16, np.float32), y32, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("pool", ["mean", "meanmax"])
+def test_pooled_forward_and_backward_read_the_grid_in_place(pool):
+  """Pooling, weighted sum and their gradients work on the free reshape of x."""
+  score_fn, _ = pooled_scorer(16 if pool == "meanmax" else 8)
+  loss = lambda x: jnp.sum(ra.region_attention(x, score_fn, grid=(8, 8), pool=pool)[0] ** 2)
+  used = primitives(jax.value_and_grad(loss), jnp.zeros((2, 64, 64, 8)))
+  assert "reduce_sum" in used and not used & {"transpose", "gather", "scatter-add"}, used
+
+
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid", "sparsemax"])
 def test_normalize_gradients(kind):
   scores = jnp.asarray(random_image((2, 6), seed=13))
@@ -324,13 +407,29 @@ def test_grid_sum_gradient_matches_loops(grid):
 
 @pytest.mark.parametrize("grid", [(4, 4), (16, 16)])
 def test_weighted_sum_is_one_fused_pass(grid):
-  """The grid path works on the free reshape of x: no transpose, no matmul."""
+  """The grid path works on the free reshape of x: no transpose, no gather (the
+  matrix-vector form for many regions multiplies rows of the reshape in place)."""
   from regionatt_jax import weighting  # pylint: disable=import-outside-toplevel
   layout = ra.region_layout((64, 64), grid=grid)
-  jaxpr = jax.make_jaxpr(lambda x, a: weighting._weighted_grid_sum(x, a, layout, "sum"))(
-      jnp.zeros((2, 64, 64, 8)), jnp.zeros((2, layout.num_regions)))
-  primitives = {eqn.primitive.name for eqn in jaxpr.jaxpr.eqns}
-  assert not primitives & {"transpose", "dot_general", "gather"}, primitives
+  used = primitives(lambda x, a: weighting._weighted_grid_sum(x, a, layout, "sum"),
+                    jnp.zeros((2, 64, 64, 8)), jnp.zeros((2, layout.num_regions)))
+  assert "reduce_sum" in used and not used & {"transpose", "gather"}, used
+
+
+@pytest.mark.parametrize("pool", [None, "meanmax"])
+def test_many_regions_match_loops(pool):
+  # 72 regions: past MAX_UNROLLED_REGIONS, the CPU sum is the matrix-vector form.
+  x = random_image((2, 18, 16, 3), seed=19)
+  score_fn, numpy_score = pooled_scorer(6)
+  numpy_pooled = lambda region: numpy_score(numpy_pool(region, "meanmax"))
+  if pool is None:
+    score_fn = lambda regions, fn=score_fn: fn(ra.weighting.pool(regions, "meanmax"))
+  y, a = jax.jit(lambda x: ra.region_attention(x, score_fn, grid=(9, 8), pool=pool))(x)
+  want_y, want_a = reference.region_attention(x, numpy_pooled, grid=(9, 8))
+  np.testing.assert_allclose(a, want_a, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(y, want_y, rtol=1e-4, atol=1e-5)
+  check_grads(lambda x: ra.region_attention(x, score_fn, grid=(9, 8), pool=pool)[0],
+              (jnp.asarray(x),), order=1, modes=["rev"], atol=2e-2, rtol=2e-2)
 
 
 def test_jit_traces_once():

@@ -58,6 +58,43 @@ def test_equals_pure_region_attention_and_numpy(shape, grid):
   np.testing.assert_allclose(np.sum(sown["region_weights"][0], -1), 1.0, rtol=1e-6)
 
 
+POOLED_SCORERS = {
+    "mlp": lambda pool: rn.MLPScorer(hidden=(8,), pool=pool),
+    "gated": lambda pool: rn.GatedScorer(hidden=8, pool=pool),
+    "recurrent": lambda pool: rn.RecurrentScorer(hidden=8, bidirectional=True, pool=pool),
+    "self_attention": lambda pool: rn.SelfAttentionScorer(embed_dim=8, num_heads=2, pool=pool),
+}
+
+
+@pytest.mark.parametrize("name", POOLED_SCORERS)
+@pytest.mark.parametrize("pool,layout", [("mean", dict(grid=(2, 3))),
+                                         ("meanmax", dict(grid=(3, 3), pad=True)),
+                                         ("max", dict(size=(4, 4), stride=(2, 4)))])
+def test_pooled_scorers_read_regions_in_place_with_the_same_values_and_gradients(
+    name, pool, layout):
+  # The module hands the scorer the pooled image (`score_pooled`); the general path
+  # cuts the regions out and lets the scorer pool them: the same function of x.
+  x = jnp.asarray(_x((2, 8, 12, 3), seed=3))
+  scorer = POOLED_SCORERS[name](pool)
+  module = rn.RegionAttention(scorer=scorer, **layout)
+  variables = module.init(jax.random.key(0), x)
+
+  def fast(params, x):
+    return module.apply({"params": params}, x)
+
+  def general(params, x):
+    bound = scorer.bind({"params": params["scorer"]})
+    return ra.region_attention(x, bound, **layout)[0]
+
+  loss = lambda fn: jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(fn(p, x) ** 2),
+                                               argnums=(0, 1)))
+  (value, grads), (want_value, want_grads) = (loss(fast)(variables["params"], x),
+                                              loss(general)(variables["params"], x))
+  np.testing.assert_allclose(value, want_value, rtol=1e-5)
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6),
+               grads, want_grads)
+
+
 def test_sliding_windows_and_reassemble_match_the_pure_function():
   x = _x((2, 8, 8, 3))
   kwargs = dict(size=(4, 4), stride=(2, 2), aggregate="reassemble", normalize="sigmoid")

@@ -46,6 +46,7 @@ from regionatt_jax.nn.scorers import ConvScorer
 from regionatt_jax.nn.scorers import GatedScorer
 from regionatt_jax.nn.scorers import MLPScorer
 from regionatt_jax.nn.scorers import pool_regions
+from regionatt_jax.nn.scorers import PooledScorer
 from regionatt_jax.nn.scorers import RecurrentScorer
 from regionatt_jax.nn.scorers import SelfAttentionScorer
 
@@ -54,7 +55,8 @@ __all__ = [
     "BACKBONES", "BasicBlock", "Bottleneck", "CBAM", "ConvScorer", "CoordinateAttention",
     "EfficientChannelAttention", "GatedScorer", "INSTANCE_WEIGHTS", "MILClassifier",
     "MLPScorer", "MODELS",
-    "MultiScaleRegionAttention", "REGION_WEIGHTS", "RecurrentScorer", "RegionAttention",
+    "MultiScaleRegionAttention", "PooledScorer", "REGION_WEIGHTS", "RecurrentScorer",
+    "RegionAttention",
     "RegionAttentionClassifier", "ResNet", "ResNet18", "ResNet34", "ResNet50", "ResNet101",
     "ResNet152", "SCORERS",
     "SelfAttentionScorer",

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 import regionatt_jax as ra
+from regionatt_jax import _checks
 
 Layer = Callable[..., jax.Array]
 Dtype = Any
@@ -110,6 +111,14 @@ def attention_score(h, V: Layer, w: Layer, U: Layer | None = None):  # pylint: d
   return w(hidden)[..., 0]
 
 
+def pooled_input(pooled, dtype, module: str):
+  """Pooled regions `(..., N, C')` for a pooled scorer's `score_pooled`: checked, and
+  in the compute dtype `dtype` (None: theirs)."""
+  pooled = _checks.float_array(pooled, f"{module}: pooled regions (`(..., N, C')`)",
+                               min_rank=2)
+  return pooled if dtype is None else pooled.astype(dtype)
+
+
 def mlp_scores(h, hidden: Sequence[Layer], out: Layer):
   """`out(relu(... relu(hidden_0(h))))[..., 0]`: `(..., N, D) -> (..., N)`."""
   for layer in hidden:
@@ -189,16 +198,28 @@ def attention_pooling(h, valid, kind: str, score: Layer | None, dtype):
   return pooled.astype(dtype), weights
 
 
+def _attend(x, scorer: Layer, grid, **kwargs):
+  """`ra.region_attention(x, scorer, grid, **kwargs)`; a pooled scorer (one with
+  `score_pooled` and `pool`, e.g. a `regionatt_jax.nn.PooledScorer`) scores the pooled
+  regions, read in place from `x`."""
+  if hasattr(scorer, "score_pooled"):
+    return ra.region_attention(x, scorer.score_pooled, grid, pool=scorer.pool, **kwargs)
+  return ra.region_attention(x, scorer, grid, **kwargs)
+
+
 def region_attention(x, scorer: Layer, grid, *, size, stride, pad, normalize: str,
                      aggregate: str, mask, temperature):
   """`ra.region_attention` plus its weights painted onto `x`'s spatial grid.
+
+  A scorer with a `score_pooled` method and a `pool` attribute sees only the pooled
+  regions `(..., N, C')` (`ra.region_attention(..., pool=scorer.pool)`).
 
   Returns:
     `(y, weights (..., N), attention_map (..., H, W))`.
   """
   region_args = dict(size=size, stride=stride, pad=pad)
-  y, weights = ra.region_attention(x, scorer, grid, **region_args, normalize=normalize,
-                                   aggregate=aggregate, mask=mask, temperature=temperature)
+  y, weights = _attend(x, scorer, grid, **region_args, normalize=normalize,
+                       aggregate=aggregate, mask=mask, temperature=temperature)
   return y, weights, ra.attention_map(weights, grid, **region_args, image_shape=x.shape[-3:-1])
 
 
@@ -213,8 +234,8 @@ def multiscale_parallel(x, layouts, scorers: Sequence[Layer], fusion_logits, nor
   fusion = jax.nn.softmax(fusion_logits.astype(jnp.float32))
   y, gain = 0.0, 0.0
   for s, (layout, scorer) in enumerate(zip(layouts, scorers)):
-    y_s, weights = ra.region_attention(x, scorer, layout.counts, normalize=normalize,
-                                       aggregate="reassemble")
+    y_s, weights = _attend(x, scorer, layout.counts, normalize=normalize,
+                           aggregate="reassemble")
     scale = fusion[s] * (layout.num_regions if normalize in SUM_TO_ONE else 1)
     y = y + scale.astype(x.dtype) * y_s
     gain = gain + scale * ra.attention_map(weights, layout.counts, image_shape=x.shape[-3:-1])

@@ -43,7 +43,8 @@ class RegionAttention(nn.Module):
     size: `(h, w)` sliding windows.
     stride: `(sh, sw)` window step (default: `size`).
     pad: zero-pad the input so the regions cover it; all-padding regions are masked.
-    scorer: a module mapping `(..., N, h, w, C)` to `(..., N)` (default `MLPScorer()`).
+    scorer: a module mapping `(..., N, h, w, C)` to `(..., N)` (default `MLPScorer()`);
+      a `PooledScorer` gets the pooled regions, read in place from `x`.
     normalize: `"softmax"`, `"sigmoid"`, `"sparsemax"` or `"none"`.
     aggregate: `"sum"` / `"mean"` (output `(..., h, w, C)`) or `"reassemble"` (`(..., H, W, C)`).
     temperature: scores are divided by it before normalizing.

@@ -14,6 +14,12 @@ inside a Flax module.
 | `RecurrentScorer` | GRU/LSTM over the region sequence (row-major), optionally bidirectional |
 | `SelfAttentionScorer` | a Transformer block over the regions, optional learned positions |
 
+All but `ConvScorer` are `PooledScorer`s: they see a region only through its pooled
+summary (`pool_regions`), and `score_pooled` scores the pooled `(..., N, C')` directly.
+`RegionAttention` hands those the pooled regions read in place from the image
+(`region_attention(..., pool=scorer.pool)`), which spares a copy of the regions forward
+and backward.
+
 `AttentionScore` is the Ilse et al. score on embeddings `(..., N, D) -> (..., N)`, shared
 with `AttentionPooling`.
 """
@@ -25,13 +31,14 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from regionatt_jax import _checks
+from regionatt_jax import weighting
 from regionatt_jax.nn import functional
 from regionatt_jax.nn.conv import Conv
 
 Dtype = Any
 ModuleDef = Any
 
-POOLINGS = ("mean", "meanmax")
+POOLINGS = weighting.POOLS
 
 
 def _regions(regions, module: str):
@@ -39,11 +46,12 @@ def _regions(regions, module: str):
 
 
 def pool_regions(regions, pool: str = "mean", dtype: Dtype | None = None):
-  """Summarizes each region by its spatial mean (and max), computed in float32.
+  """Summarizes each region by its spatial mean, max, or both, in float32 or wider.
 
   Args:
     regions: `(..., N, h, w, C)`.
-    pool: `"mean"` -> `(..., N, C)`; `"meanmax"` -> `(..., N, 2C)`, mean then max.
+    pool: `"mean"` or `"max"` -> `(..., N, C)`; `"meanmax"` -> `(..., N, 2C)`, mean
+      then max (`regionatt_jax.weighting.pool`).
     dtype: dtype of the result (None: the regions').
 
   Returns:
@@ -52,11 +60,23 @@ def pool_regions(regions, pool: str = "mean", dtype: Dtype | None = None):
   regions = _regions(regions, "pool_regions")
   _checks.choice(pool, "pool", POOLINGS)
   _checks.float_dtype(dtype, "dtype")
-  wide = regions.astype(jnp.float32)
-  features = jnp.mean(wide, axis=(-3, -2))
-  if pool == "meanmax":
-    features = jnp.concatenate([features, jnp.max(wide, axis=(-3, -2))], axis=-1)
+  features = weighting.pool(regions, pool)
   return features.astype(dtype if dtype is not None else regions.dtype)
+
+
+class PooledScorer(nn.Module):
+  """A scorer that sees each region only through `pool_regions(region, self.pool)`.
+
+  Subclasses have a `pool` attribute and implement `score_pooled`, the scores of the
+  pooled regions; calling the scorer on whole regions pools them first.
+  """
+
+  def __call__(self, regions):
+    """Args: regions: `(..., N, h, w, C)`. Returns: `(..., N)` scores."""
+    return self.score_pooled(pool_regions(regions, self.pool))
+
+  def _pooled(self, pooled):
+    return functional.pooled_input(pooled, self.dtype, type(self).__name__)
 
 
 class AttentionScore(nn.Module):
@@ -106,12 +126,12 @@ class AttentionScore(nn.Module):
                                       dense(self.hidden, "U") if self.gated else None)
 
 
-class MLPScorer(nn.Module):
+class MLPScorer(PooledScorer):
   """An MLP on pooled region features: `f(R_i) = MLP(pool(R_i))`.
 
   Attributes:
     hidden: widths of the hidden Dense layers (ReLU after each).
-    pool: `"mean"` or `"meanmax"`, see `pool_regions`.
+    pool: `"mean"`, `"max"` or `"meanmax"`, see `pool_regions`.
     dtype: compute dtype (None: the regions').
     param_dtype: parameter dtype.
   """
@@ -133,21 +153,21 @@ class MLPScorer(nn.Module):
     _checks.dtypes("MLPScorer", a.dtype, a.param_dtype)
 
   @nn.compact
-  def __call__(self, regions):
-    """Args: regions: `(..., N, h, w, C)`. Returns: `(..., N)` scores."""
+  def score_pooled(self, pooled):
+    """Args: pooled: `(..., N, C')` pooled regions. Returns: `(..., N)` scores."""
     dense = lambda features, name: nn.Dense(
         features, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     return functional.mlp_scores(
-        pool_regions(regions, self.pool, self.dtype),
+        self._pooled(pooled),
         [dense(width, f"hidden_{i}") for i, width in enumerate(self.hidden)], dense(1, "out"))
 
 
-class GatedScorer(nn.Module):
+class GatedScorer(PooledScorer):
   """Gated attention (Ilse et al., 2018) on pooled regions: `w^T(tanh(V h) * sigmoid(U h))`.
 
   Attributes:
     hidden: rows of V and U.
-    pool: `"mean"` or `"meanmax"`, see `pool_regions`.
+    pool: `"mean"`, `"max"` or `"meanmax"`, see `pool_regions`.
     dtype: compute dtype (None: the regions').
     param_dtype: parameter dtype.
   """
@@ -169,9 +189,9 @@ class GatedScorer(nn.Module):
     _checks.dtypes("GatedScorer", a.dtype, a.param_dtype)
 
   @nn.compact
-  def __call__(self, regions):
-    """Args: regions: `(..., N, h, w, C)`. Returns: `(..., N)` scores."""
-    h = pool_regions(regions, self.pool, self.dtype)
+  def score_pooled(self, pooled):
+    """Args: pooled: `(..., N, C')` pooled regions. Returns: `(..., N)` scores."""
+    h = self._pooled(pooled)
     return AttentionScore(self.hidden, gated=True, dtype=self.dtype,
                           param_dtype=self.param_dtype, name="attention")(h)
 
@@ -224,7 +244,7 @@ def _orthogonal_in_float32(key, shape, dtype=jnp.float32):
   return nn.initializers.orthogonal()(key, shape, jnp.float32).astype(dtype)
 
 
-class RecurrentScorer(nn.Module):
+class RecurrentScorer(PooledScorer):
   """A GRU or LSTM run over the pooled regions in row-major order, then Dense 1.
 
   With `bidirectional=True` a second RNN reads the sequence backwards and the two hidden
@@ -234,7 +254,7 @@ class RecurrentScorer(nn.Module):
     hidden: hidden size of the cell.
     cell: `"gru"` or `"lstm"`.
     bidirectional: also run backwards.
-    pool: `"mean"` or `"meanmax"`, see `pool_regions`.
+    pool: `"mean"`, `"max"` or `"meanmax"`, see `pool_regions`.
     dtype: compute dtype (None: the regions').
     param_dtype: parameter dtype.
   """
@@ -260,9 +280,9 @@ class RecurrentScorer(nn.Module):
     _checks.dtypes("RecurrentScorer", a.dtype, a.param_dtype)
 
   @nn.compact
-  def __call__(self, regions):
-    """Args: regions: `(..., N, h, w, C)`. Returns: `(..., N)` scores."""
-    h = pool_regions(regions, self.pool, self.dtype)
+  def score_pooled(self, pooled):
+    """Args: pooled: `(..., N, C')` pooled regions. Returns: `(..., N)` scores."""
+    h = self._pooled(pooled)
     lead, (n, d) = h.shape[:-2], h.shape[-2:]
     sequence = h.reshape((-1, n, d))  # nn.RNN scans (batch, time, features)
     make_rnn = lambda name: nn.RNN(
@@ -278,7 +298,7 @@ class RecurrentScorer(nn.Module):
     return scores.reshape(lead + (n,))
 
 
-class SelfAttentionScorer(nn.Module):
+class SelfAttentionScorer(PooledScorer):
   """Regions attend to each other (one pre-LayerNorm Transformer block), then Dense 1.
 
   Attributes:
@@ -287,7 +307,7 @@ class SelfAttentionScorer(nn.Module):
     position_embeddings: add a learned `(N, embed_dim)` embedding per region position
       (then N is fixed at init).
     mlp_ratio: width of the block's MLP relative to `embed_dim`.
-    pool: `"mean"` or `"meanmax"`, see `pool_regions`.
+    pool: `"mean"`, `"max"` or `"meanmax"`, see `pool_regions`.
     dtype: compute dtype (None: the regions').
     param_dtype: parameter dtype.
   """
@@ -319,10 +339,10 @@ class SelfAttentionScorer(nn.Module):
     _checks.dtypes("SelfAttentionScorer", a.dtype, a.param_dtype)
 
   @nn.compact
-  def __call__(self, regions):
-    """Args: regions: `(..., N, h, w, C)`. Returns: `(..., N)` scores."""
+  def score_pooled(self, pooled):
+    """Args: pooled: `(..., N, C')` pooled regions. Returns: `(..., N)` scores."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    h = pool_regions(regions, self.pool, self.dtype)
+    h = self._pooled(pooled)
     positions = (self.param("positions", nn.initializers.normal(0.02),
                             (h.shape[-2], self.embed_dim), self.param_dtype)
                  if self.position_embeddings else None)

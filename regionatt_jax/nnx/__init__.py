@@ -27,6 +27,7 @@ from regionatt_jax.nnx.attention import GatedScorer
 from regionatt_jax.nnx.attention import make_attention
 from regionatt_jax.nnx.attention import MLPScorer
 from regionatt_jax.nnx.attention import MultiScaleRegionAttention
+from regionatt_jax.nnx.attention import PooledScorer
 from regionatt_jax.nnx.attention import RecurrentScorer
 from regionatt_jax.nnx.attention import RegionAttention
 from regionatt_jax.nnx.attention import SCORERS
@@ -72,7 +73,8 @@ __all__ = [
     "ATTENTIONS", "AttentionNet", "AttentionPooling", "AttentionScore", "BACKBONES",
     "BasicBlock", "Bottleneck", "CBAM",
     "Conv", "ConvScorer", "CoordinateAttention", "EfficientChannelAttention", "GatedScorer",
-    "MILClassifier", "MLPScorer", "MultiScaleRegionAttention", "RecurrentScorer",
+    "MILClassifier", "MLPScorer", "MultiScaleRegionAttention", "PooledScorer",
+    "RecurrentScorer",
     "RegionAttention", "RegionAttentionClassifier", "ResNet", "ResNet18", "ResNet34",
     "ResNet50", "ResNet101", "ResNet152",
     "SCORERS", "SelfAttentionScorer", "SmallCNN", "SpatialAttention", "SqueezeExcite",

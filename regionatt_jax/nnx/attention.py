@@ -33,6 +33,19 @@ def _pooled_width(in_features: int, pool: str) -> int:
   return 2 * in_features if pool == "meanmax" else in_features
 
 
+class PooledScorer(nnx.Module):
+  """A scorer that sees each region only through its pooled summary; see the Linen twin
+  `regionatt_jax.nn.PooledScorer`. Subclasses set `pool` and `dtype` and implement
+  `score_pooled`."""
+
+  def __call__(self, regions):
+    """Args: regions: `(..., N, h, w, C)`. Returns: `(..., N)` scores."""
+    return self.score_pooled(linen_scorers.pool_regions(regions, self.pool))
+
+  def _pooled(self, pooled):
+    return functional.pooled_input(pooled, self.dtype, type(self).__name__)
+
+
 def _batch_norm_mode(train: bool | None):
   """`use_running_average` for `nnx.BatchNorm`: None keeps the module's own mode."""
   return None if train is None else not train
@@ -62,7 +75,7 @@ class AttentionScore(nnx.Module):
     return functional.attention_score(h, self.V, self.w, self.U)
 
 
-class MLPScorer(nnx.Module):
+class MLPScorer(PooledScorer):
   """`f(R_i) = MLP(pool(R_i))`; see `regionatt_jax.nn.MLPScorer`.
 
   Args:
@@ -82,14 +95,14 @@ class MLPScorer(nnx.Module):
                                               param_dtype=param_dtype, rngs=rngs))
     self.out = nnx.Linear(widths[-1], 1, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-  def __call__(self, regions):
-    """Args: regions: `(..., N, h, w, C)`. Returns: `(..., N)` scores."""
+  def score_pooled(self, pooled):
+    """Args: pooled: `(..., N, C')` pooled regions. Returns: `(..., N)` scores."""
     return functional.mlp_scores(
-        linen_scorers.pool_regions(regions, self.pool, self.dtype),
+        self._pooled(pooled),
         [getattr(self, f"hidden_{i}") for i in range(self.num_hidden)], self.out)
 
 
-class GatedScorer(nnx.Module):
+class GatedScorer(PooledScorer):
   """Gated attention (Ilse et al., 2018) on pooled regions; see the Linen twin.
 
   Args:
@@ -106,9 +119,9 @@ class GatedScorer(nnx.Module):
     self.attention = AttentionScore(_pooled_width(in_features, pool), hidden, gated=True,
                                     dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-  def __call__(self, regions):
-    """Args: regions: `(..., N, h, w, C)`. Returns: `(..., N)` scores."""
-    return self.attention(linen_scorers.pool_regions(regions, self.pool, self.dtype))
+  def score_pooled(self, pooled):
+    """Args: pooled: `(..., N, C')` pooled regions. Returns: `(..., N)` scores."""
+    return self.attention(self._pooled(pooled))
 
 
 class ConvScorer(nnx.Module):
@@ -141,7 +154,7 @@ class ConvScorer(nnx.Module):
         [getattr(self, f"conv_{i}") for i in range(self.num_convs)], self.out)
 
 
-class RecurrentScorer(nnx.Module):
+class RecurrentScorer(PooledScorer):
   """A GRU/LSTM over the pooled regions in row-major order, then Linear 1; see the Linen twin.
 
   The cells are `RecurrentCell`s named as in the Linen parameter tree (`GRUCell_0`, and
@@ -169,9 +182,9 @@ class RecurrentScorer(nnx.Module):
     self.out = nnx.Linear(hidden * len(self.cell_names), 1, dtype=dtype,
                           param_dtype=param_dtype, rngs=rngs)
 
-  def __call__(self, regions):
-    """Args: regions: `(..., N, h, w, C)`. Returns: `(..., N)` scores."""
-    h = linen_scorers.pool_regions(regions, self.pool, self.dtype)
+  def score_pooled(self, pooled):
+    """Args: pooled: `(..., N, C')` pooled regions. Returns: `(..., N)` scores."""
+    h = self._pooled(pooled)
     lead, (n, d) = h.shape[:-2], h.shape[-2:]
     sequence = h.reshape((-1, n, d))
     states = jnp.concatenate(
@@ -180,7 +193,7 @@ class RecurrentScorer(nnx.Module):
     return self.out(states).reshape(lead + (n,))
 
 
-class SelfAttentionScorer(nnx.Module):
+class SelfAttentionScorer(PooledScorer):
   """Regions attend to each other (a pre-LayerNorm Transformer block), then Linear 1.
 
   Args:
@@ -219,10 +232,10 @@ class SelfAttentionScorer(nnx.Module):
     self.norm_out = nnx.LayerNorm(embed_dim, **kw)
     self.out = nnx.Linear(embed_dim, 1, **kw)
 
-  def __call__(self, regions):
-    """Args: regions: `(..., N, h, w, C)`. Returns: `(..., N)` scores."""
+  def score_pooled(self, pooled):
+    """Args: pooled: `(..., N, C')` pooled regions. Returns: `(..., N)` scores."""
     return functional.self_attention_scores(
-        linen_scorers.pool_regions(regions, self.pool, self.dtype),
+        self._pooled(pooled),
         None if self.positions is None else self.positions[...], self.embed,
         self.norm_attention, self.attention, self.norm_mlp, self.mlp_in, self.mlp_out,
         self.norm_out, self.out)

@@ -8,5 +8,6 @@ each run and writes RESULTS.md.
 Modules: `run` (datasets, one run per (row, seed) in worker processes, per-run locks),
 `measure` (what the training job does not measure, from a run's checkpoint), `stats`
 (the convergence rule, paired intervals over seeds), `report` (metrics.json, tables,
-learning curves and figures, RESULTS.md); the command line is `__main__`.
+RESULTS.md), `figures` (learning curves, accuracy bars, attention panels); the command
+line is `__main__`.
 """

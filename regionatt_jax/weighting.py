@@ -7,11 +7,12 @@
 `region_attention` composes them without materializing `w` or a transposed copy of the
 image for the weighted sum: see its docstring. With `pool=`, the scorer sees each region
 only through a pooled summary (mean, max or both), taken straight from the free reshape
-of a grid.
+of a grid (or of the blocks that overlapping windows are made of).
 """
 
 from collections.abc import Callable
 
+import einops
 import jax
 import jax.numpy as jnp
 
@@ -211,43 +212,47 @@ MAX_UNROLLED_REGIONS = 64
 
 
 def _reduced_grid_sum(blocks, weights):
-  """`sum_k a_k R_k` as XLA's reduction over the grid axes of the free reshape.
+  """`sum_k a_k R_k` for K weight vectors, as XLA's reduction over the grid axes of the
+  free reshape.
 
   Args:
     blocks: `(..., gh, h, gw, w, C)`, the free reshape of an image.
-    weights: `(..., gh * gw)`.
+    weights: `(..., K, gh * gw)`.
 
   Returns:
-    `(..., h, w, C)` in the promoted dtype of `blocks` and `weights`.
+    `(..., K, h, w, C)` in the promoted dtype of `blocks` and `weights`.
   """
   gh, gw = blocks.shape[-5], blocks.shape[-3]
   scale = weights.reshape(weights.shape[:-1] + (gh, 1, gw, 1, 1))
-  return jnp.sum(blocks * scale, axis=(-5, -3))
+  return jnp.sum(blocks[..., None, :, :, :, :, :] * scale, axis=(-5, -3))
 
 
 def _unrolled_grid_sum(blocks, weights):
   """`_reduced_grid_sum` as N multiply-adds, which XLA:CPU fuses into one vectorized loop."""
   gh, gw = blocks.shape[-5], blocks.shape[-3]
-  return sum(blocks[..., i, :, j, :, :] * weights[..., i * gw + j, None, None, None]
+  return sum(blocks[..., None, i, :, j, :, :] * weights[..., i * gw + j, None, None, None]
              for i in range(gh) for j in range(gw))
 
 
 def _matvec_grid_sum(blocks, weights):
-  """`_reduced_grid_sum` as one matrix-vector product per row of pixels, then a sum.
+  """`_reduced_grid_sum` as one matrix product per row of pixels, then a sum.
 
-  Every row `r` of region row `i` gives `t[i, r] = sum_j a[i, j] * blocks[i, r, j]`, a
-  product of the `(gw,)` weights with the `(gw, w * C)` row, batched over the leading
-  axes, `i` and `r`, which are already adjacent in the free reshape (no transpose); the
-  sum over `i` then reads `1 / gw` of the image.
+  Every row `r` of region row `i` gives `t[i, r, k] = sum_j a[k, i, j] * blocks[i, r, j]`,
+  a product of the `(K, gw)` weights with the `(gw, w * C)` row, batched over the
+  leading axes, `i` and `r`, which are already adjacent in the free reshape (no
+  transpose of `x`); the sum over `i` then reads `K / gw` of the image.
   """
   *lead, gh, h, gw, w, channels = blocks.shape
+  lead, count = tuple(lead), weights.shape[-2]
   dtype = jnp.promote_types(blocks.dtype, weights.dtype)
-  rows = blocks.reshape(tuple(lead) + (gh, h, gw, w * channels)).astype(dtype)
-  scale = jnp.broadcast_to(weights.reshape(weights.shape[:-1] + (gh, 1, gw)),
-                           tuple(lead) + (gh, h, gw)).astype(dtype)
+  rows = blocks.reshape(lead + (gh, h, gw, w * channels)).astype(dtype)
+  scale = jnp.swapaxes(weights.reshape(weights.shape[:-1] + (gh, gw)), -3, -2)
+  scale = jnp.broadcast_to(scale[..., :, None, :, :], lead + (gh, h, count, gw)).astype(dtype)
   batch = tuple(range(len(lead) + 2))
-  per_row = jax.lax.dot_general(scale, rows, (((len(batch),), (len(batch),)), (batch, batch)))
-  return jnp.sum(per_row, axis=len(lead)).reshape(tuple(lead) + (h, w, channels))
+  per_row = jax.lax.dot_general(scale, rows,
+                                (((len(batch) + 1,), (len(batch),)), (batch, batch)))
+  total = jnp.swapaxes(jnp.sum(per_row, axis=len(lead)), -3, -2)
+  return total.reshape(lead + (count, h, w, channels))
 
 
 @jax.custom_jvp
@@ -279,48 +284,104 @@ def _grid_sum_jvp(primals, tangents):
   return _grid_sum(blocks, weights), _reduced_grid_sum(blocks_dot, weights) + weights_term
 
 
-def _grid_blocks(x, layout):
-  """The free reshape `(..., gh, h, gw, w, C)` of a padded `(..., Hp, Wp, C)` grid image."""
-  (gh, gw), (h, w) = layout.counts, layout.size
-  return x.reshape(x.shape[:-3] + (gh, h, gw, w, x.shape[-1]))
+def _block_layout(layout):
+  """The grid of blocks that regions of `layout` are made of, and the blocks per region.
+
+  A window whose size is a multiple `(mh, mw)` of its stride is `mh x mw` blocks of
+  the stride's size, and the blocks tile the padded image: `(gh + mh - 1, gw + mw - 1)`
+  of them. A grid is the case `(1, 1)`. Returns None for windows whose size is not a
+  multiple of their stride.
+  """
+  if any(size % stride for size, stride in zip(layout.size, layout.stride)):
+    return None
+  multiples = tuple(size // stride for size, stride in zip(layout.size, layout.stride))
+  counts = tuple(n + m - 1 for n, m in zip(layout.counts, multiples))
+  return layout._replace(counts=counts, size=layout.stride), multiples
 
 
-def _weighted_grid_sum(x, weights, layout, mode):
-  """`aggregate(weight(partition(x), a), mode)` for a grid, in one pass over `x`.
+def _blocks(x, layout):
+  """The free reshape `(..., bh, sh, bw, sw, C)` of `(..., H, W, C)` into the blocks of
+  `_block_layout(layout)` (after padding the image to `layout.padded`)."""
+  blocks, _ = _block_layout(layout)
+  (bh, bw), (sh, sw) = blocks.counts, blocks.size
+  x = regions_lib.pad_image(x, layout)
+  return x.reshape(x.shape[:-3] + (bh, sh, bw, sw, x.shape[-1]))
 
-  Works on the free reshape `(..., gh, h, gw, w, C)` of `x` and never materializes the
+
+def _shifted_weights(weights, layout):
+  """Per block of a region, the weight each block carries there.
+
+  The output of a weighted sum over windows of `mh x mw` blocks is itself `mh x mw`
+  blocks; its block `(u, v)` is `sum_{i,j} a[i, j] * B[i + u, j + v]`, a weighted sum
+  over the block grid with `a` shifted by `(u, v)`.
+
+  Args:
+    weights: `(..., N)`, `N = gh * gw` regions of `layout`.
+
+  Returns:
+    `(..., mh * mw, bh * bw)`: one weight vector over the blocks per output block.
+  """
+  blocks, (mh, mw) = _block_layout(layout)
+  grid = weights.reshape(weights.shape[:-1] + layout.counts)
+  no_pad = [(0, 0)] * (grid.ndim - 2)
+  shifted = jnp.stack([jnp.pad(grid, no_pad + [(u, mh - 1 - u), (v, mw - 1 - v)])
+                       for u in range(mh) for v in range(mw)], axis=-3)
+  return shifted.reshape(shifted.shape[:-2] + (blocks.num_regions,))
+
+
+def _weighted_block_sum(x, weights, layout, mode):
+  """`aggregate(weight(partition(x), a), mode)` in one pass over `x`, for a grid or for
+  windows whose size is a multiple of their stride.
+
+  Works on the free reshape of `x` into blocks and never materializes the regions, the
   weighted regions or a transposed copy: an einsum over the `(..., N, h, w, C)` regions
-  lowers on XLA:CPU to a transpose plus a batched matmul, 10x slower (measured on XLA:CPU,
+  lowers on XLA:CPU to a transpose plus a batched matmul, 10x slower, and gathering
+  overlapping windows copies every pixel `mh * mw` times (measured on XLA:CPU,
   docs/design.md).
 
   Args:
-    x: `(..., Hp, Wp, C)` image, already padded to `layout.padded`.
+    x: `(..., H, W, C)` image.
     weights: `(..., N)`.
-    layout: a grid layout.
-    mode: "sum", "mean" or "reassemble".
+    layout: the regions' layout (`_block_layout` is not None).
+    mode: "sum" or "mean"; "reassemble" on a grid.
   """
-  gh, gw = layout.counts
-  blocks = _grid_blocks(x, layout)
+  blocks = _blocks(x, layout)
   if mode == "reassemble":
-    scale = weights.reshape(weights.shape[:-1] + (gh, 1, gw, 1, 1)).astype(x.dtype)
-    return (blocks * scale).reshape(x.shape)[..., :layout.image[0], :layout.image[1], :]
+    scale = weights.reshape(weights.shape[:-1] + (layout.counts[0], 1, layout.counts[1],
+                                                  1, 1)).astype(x.dtype)
+    padded = (blocks * scale).reshape(x.shape[:-3] + layout.padded + x.shape[-1:])
+    return padded[..., :layout.image[0], :layout.image[1], :]
   # float32 weights promote the products and the sum of half-precision images.
-  total = _grid_sum(blocks, weights.astype(_accumulation_dtype(x.dtype)))
+  shifted = _shifted_weights(weights.astype(_accumulation_dtype(x.dtype)), layout)
+  _, (mh, mw) = _block_layout(layout)
+  total = einops.rearrange(_grid_sum(blocks, shifted), "... (u v) h w c -> ... (u h) (v w) c",
+                           u=mh, v=mw)
   if mode == "mean":
     total = total / layout.num_regions
   return total.astype(x.dtype)
 
 
-def _pooled_grid(x, layout, pool):
-  """`pool` of every region of a grid layout: `(..., H, W, C)` -> `(..., N, C')`, dtype of `x`.
+def _pooled_blocks(x, layout, pool):
+  """`pool` of every region, from the blocks: `(..., H, W, C)` -> `(..., N, C')`, dtype of `x`.
 
-  Reduces the free reshape `(..., gh, h, gw, w, C)` over `h` and `w`, so no copy of the
-  regions is made. Its derivative is already the closed form: a broadcast of the pooled
-  gradient over each region (divided by `h * w` for the mean; for the max, split
-  between the pixels that reach it), which XLA fuses with the weighted sum's
+  Reduces the free reshape of the blocks over their pixels, so no copy of the regions
+  is made; a window's mean is the mean of its blocks' means, its max the max of their
+  maxima. On a grid the derivative is already the closed form: a broadcast of the
+  pooled gradient over each region (divided by `h * w` for the mean; for the max,
+  split between the pixels that reach it), which XLA fuses with the weighted sum's
   `a_i * dy` into the one pass that writes `dx`.
   """
-  pooled = _pool(_grid_blocks(regions_lib.pad_image(x, layout), layout), pool, axes=(-4, -2))
+  blocks = _blocks(x, layout)
+  _, (mh, mw) = _block_layout(layout)
+  (gh, gw) = layout.counts
+  parts = []
+  for reduce in _pool_reductions(pool):
+    per_block = reduce(blocks, axis=(-4, -2))  # (..., bh, bw, C)
+    if (mh, mw) != (1, 1):
+      per_block = reduce(jnp.stack([per_block[..., u:u + gh, v:v + gw, :]
+                                    for u in range(mh) for v in range(mw)]), axis=0)
+    parts.append(per_block)
+  pooled = jnp.concatenate(parts, axis=-1)
   return pooled.reshape(pooled.shape[:-3] + (layout.num_regions, pooled.shape[-1])).astype(
       x.dtype)
 
@@ -349,6 +410,11 @@ def region_attention(x, score_fn: ScoreFn, grid=None, *, size=None, stride=None,
       max): pooling, weighted sum, one fused pass writing `dx`, one reduction for the
       weights' gradient.
 
+  Windows whose size is a multiple of their stride (e.g. stride half the size) are
+  pooled and summed from the blocks of the stride's size they are made of, reading the
+  image in place like a grid, rather than gathered: only a scorer of whole regions
+  (`pool=None`) and `aggregate="reassemble"` gather them.
+
   Returns:
     `(y, a)`: `y` is `(..., h, w, C)` for sum/mean or `(..., H, W, C)` for reassemble;
     `a` is the `(..., N)` weights.
@@ -365,11 +431,13 @@ def region_attention(x, score_fn: ScoreFn, grid=None, *, size=None, stride=None,
   layout = regions_lib.region_layout(x.shape[-3:-1], **region_args)
   if mask is not None:
     mask = _checks.bool_array(mask, "mask", x.shape[:-3] + (layout.num_regions,))
-  if pool is not None and layout.is_grid:
-    features = _pooled_grid(x, layout, pool)
+  in_blocks = _block_layout(layout) is not None
+  if pool is not None and in_blocks:
+    features = _pooled_blocks(x, layout, pool)
   else:
-    regions = regions_lib.partition(x, **region_args)
-    features = regions if pool is None else _pool(regions, pool).astype(x.dtype)
+    features = regions_lib.partition(x, **region_args)
+    if pool is not None:
+      features = _pool(features, pool).astype(x.dtype)
   scores = _checks.called(score_fn, "score_fn", features)
   expected = x.shape[:-3] + (layout.num_regions,)
   if not hasattr(scores, "shape") or tuple(scores.shape) != expected:
@@ -382,9 +450,10 @@ def region_attention(x, score_fn: ScoreFn, grid=None, *, size=None, stride=None,
     has_pixels = regions_lib.region_mask(x.shape[-3:-1], **region_args).any(axis=(-2, -1))
     mask = has_pixels if mask is None else mask & has_pixels
   weights = _normalize(scores, normalize, mask, temperature)
-  if layout.is_grid:
-    padded = regions_lib.pad_image(x, layout)
-    return _weighted_grid_sum(padded, weights, layout, aggregate), weights
+  if in_blocks and (aggregate != "reassemble" or layout.is_grid):
+    return _weighted_block_sum(x, weights, layout, aggregate), weights
+  # Overlapping windows put back in place, or windows not made of blocks: the regions.
+  regions = features if pool is None else regions_lib.partition(x, **region_args)
   out = _aggregate(weight(regions, weights), aggregate, image_shape=x.shape[-3:-1],
                    **region_args)
   return out, weights

@@ -304,6 +304,11 @@ def test_report_renders_a_partial_table_and_says_how_complete_it_is(tmp_path):
                                                                 test_pointing_game=0.9)):
     _write_run(tmp_path / "out", result)
   document = report.build_document(str(tmp_path / "out"), "cmd")
+  # Panels drawn on another machine: region MLP's seed 0 is in the document, kept; region
+  # conv has no run, left out.
+  (tmp_path / "results").mkdir()
+  for row in (region, table.CLUTTERED_ROWS[1]):
+    (tmp_path / "results" / f"attention_{row.key}.png").write_bytes(b"drawn before")
   results_md = tmp_path / "RESULTS.md"
   report.write_report(document, out=str(tmp_path / "out"), results_md=str(results_md),
                       results_dir=str(tmp_path / "results"), data_dir=str(tmp_path / "no_data"))
@@ -320,6 +325,8 @@ def test_report_renders_a_partial_table_and_says_how_complete_it_is(tmp_path):
   assert "| cluttered_digits/64 | +10.0 (one seed) | - | - |" in text
   assert {"curves_cluttered.png", "cluttered_accuracy.png"} <= set(
       os.listdir(tmp_path / "results"))
+  assert f"(results/attention_{region.key}.png)" in text
+  assert f"attention_{table.CLUTTERED_ROWS[1].key}.png" not in text
 
 
 def test_summarize_mean_and_sample_std_per_row_and_the_mean_curve():

@@ -1,6 +1,7 @@
 """Tests of the ablation (`experiments/ablation/`) and its table: configs, metrics,
 summaries, the report, a smoke run."""
 
+import argparse
 import dataclasses
 import json
 import os
@@ -214,6 +215,118 @@ def _result(row, seed, accuracy, **extra):
   return {"row": row.key, "name": row.name, "table": row.table, "family": row.family,
           "train_examples": row.train_examples, "seed": seed, "test_accuracy": accuracy,
           **extra}
+
+
+def _current(row, seed, accuracy, **extra):
+  """A cluttered row's result at the table's budget: 2000 steps of 32 images."""
+  assert row.table == "cluttered"
+  return _result(row, seed, accuracy, steps=table.STEPS, batch_size=32,
+                 dataset="cluttered_digits/64", **extra)
+
+
+def _write_run(out, result):
+  """Writes `result` where a finished run of `out` keeps it."""
+  workdir = out / result["row"] / f"seed_{result['seed']}"
+  workdir.mkdir(parents=True)
+  (workdir / run.RESULT_FILE).write_text(json.dumps(result))
+
+
+def _document(runs, sessions=()):
+  """A previous document with these runs and sessions (one command)."""
+  return {"command": "python -m experiments.ablation", "runs": list(runs),
+          "sessions": list(sessions)}
+
+
+def test_is_current_needs_the_row_seed_and_budget_of_the_table():
+  plain = table.CLUTTERED_ROWS[0]
+  assert run.is_current(_current(plain, 4, 0.5))
+  assert not run.is_current({**_current(plain, 0, 0.5), "steps": 350})  # the first report
+  assert not run.is_current({**_current(plain, 0, 0.5), "batch_size": 64})
+  assert not run.is_current({**_current(plain, 0, 0.5), "dataset": "cluttered_digits/128"})
+  assert not run.is_current(_current(plain, 5, 0.5))  # not a seed of the table
+  assert not run.is_current({**_current(plain, 0, 0.5), "row": "cluttered_gone"})
+  heavy = table.HEAVY_ROWS[0]
+  assert run.is_current({**_result(heavy, 0, 0.5), "steps": table.HEAVY_STEPS,
+                         "batch_size": 32, "dataset": "cluttered_digits/64_heavy"})
+
+
+def test_recorded_runs_of_the_current_budget_are_skipped_and_kept(tmp_path, monkeypatch,
+                                                                   capsys):
+  plain, region = table.CLUTTERED_ROWS[0], table.CLUTTERED_ROWS[2]
+  previous = _document([_current(plain, 0, 0.5), {**_current(region, 0, 0.6), "steps": 350}])
+  trained = []
+  monkeypatch.setattr(run, "run_one", lambda row, seed, out, **_: trained.append(
+      (row.key, seed)))
+  args = argparse.Namespace(out=str(tmp_path / "out"), workers=0, data_dir="/data",
+                            smoke=False)
+  assert run.run_all([(plain, 0), (region, 0)], args, previous["runs"]) == []
+  assert trained == [(region.key, 0)]  # the 350-step run trains again
+  assert "1 of 2 runs already finished; running 1" in capsys.readouterr().out
+  assert not os.path.exists(run.run_dir(args.out, plain, 0))  # nothing written for it
+  _write_run(tmp_path / "out", _current(region, 0, 0.7))
+  document = report.build_document(args.out, "cmd", previous)
+  assert [(r["row"], r["seed"], r["steps"]) for r in document["runs"]] == [
+      (plain.key, 0, table.STEPS), (region.key, 0, table.STEPS)]
+  assert "left out 1 of the 2 runs of the earlier document" in capsys.readouterr().out
+  assert document["summary"][plain.key]["test_accuracy"]["mean"] == 0.5
+
+
+def test_a_run_of_out_wins_over_the_same_run_of_the_previous_document(tmp_path):
+  plain = table.CLUTTERED_ROWS[0]
+  previous = _document([_current(plain, 0, 0.5), _current(plain, 1, 0.6)])
+  _write_run(tmp_path, _current(plain, 0, 0.9))
+  document = report.build_document(str(tmp_path), "cmd", previous)
+  assert [(r["seed"], r["test_accuracy"]) for r in document["runs"]] == [(0, 0.9), (1, 0.6)]
+
+
+def test_sessions_and_commands_are_not_repeated_when_building_twice(tmp_path):
+  plain = table.CLUTTERED_ROWS[0]
+  earlier = {"command": "python -m experiments.ablation", "started": "2026-12-01 10:00",
+             "minutes": 60.0, "runs": 95, "workers": 2}
+  this = {**earlier, "command": "python -m experiments.ablation --rows plain",
+          "started": "2026-12-02 09:00"}
+  (tmp_path / run.SESSIONS_FILE).write_text(json.dumps(this) + "\n")
+  (tmp_path / run.COMMANDS_FILE).write_text(this["command"] + "\n")
+  _write_run(tmp_path, _current(plain, 1, 0.6))
+  first = report.build_document(str(tmp_path), "cmd", _document([_current(plain, 0, 0.5)],
+                                                                [earlier]))
+  second = report.build_document(str(tmp_path), "cmd", first)
+  for document in (first, second):
+    assert document["sessions"] == [earlier, this]
+    assert document["command"] == f"{earlier['command']}\n    {this['command']}"
+    assert len(document["runs"]) == 2
+
+
+def test_report_renders_a_partial_table_and_says_how_complete_it_is(tmp_path):
+  plain, region = table.CLUTTERED_ROWS[0], table.CLUTTERED_ROWS[2]
+  curve = {"step": [100, 200, 300, 400, 500], "val_accuracy": [0.2, 0.4, 0.5, 0.6, 0.6]}
+  for result in (_current(plain, 0, 0.5, curve=curve), _current(region, 0, 0.6, curve=curve,
+                                                                test_pointing_game=0.9)):
+    _write_run(tmp_path / "out", result)
+  document = report.build_document(str(tmp_path / "out"), "cmd")
+  # Panels drawn on another machine: region MLP's seed 0 is in the document, kept; region
+  # conv has no run, left out.
+  (tmp_path / "results").mkdir()
+  for row in (region, table.CLUTTERED_ROWS[1]):
+    (tmp_path / "results" / f"attention_{row.key}.png").write_bytes(b"drawn before")
+  results_md = tmp_path / "RESULTS.md"
+  report.write_report(document, out=str(tmp_path / "out"), results_md=str(results_md),
+                      results_dir=str(tmp_path / "results"), data_dir=str(tmp_path / "no_data"))
+  text = results_md.read_text()
+  assert "nan" not in text
+  assert "- cluttered (cluttered_digits/64): 2 of 95 runs (19 rows x 5 seeds)" in text
+  assert "- heavy (cluttered_digits/64_heavy): 0 of 15 runs (5 rows x 3 seeds)" in text
+  assert "- bags (digit_bags/16px): 0 of 54 runs (18 rows x 3 seeds)" in text
+  assert "cifar10" not in text  # not part of the default command, no runs
+  assert "| region MLP | SmallCNN | region | 60.0 ± 0.0 | 90.0 ± 0.0 |" in text
+  assert "| plain CNN (residual) | residual SmallCNN | none | not run |" in text
+  assert ("- region MLP vs plain CNN: +10.0 (one seed) points over 1 paired seeds; one "
+          "seed so far, no interval.") in text
+  assert "| cluttered_digits/64 | +10.0 (one seed) | - | - |" in text
+  assert {"curves_cluttered.png", "cluttered_accuracy.png"} <= set(
+      os.listdir(tmp_path / "results"))
+  assert f"(results/attention_{region.key}.png)" in text
+  assert f"attention_{table.CLUTTERED_ROWS[1].key}.png" not in text
 
 
 def test_summarize_mean_and_sample_std_per_row_and_the_mean_curve():

@@ -2,9 +2,11 @@
 
 Trains the selected rows x seeds into `--out` (in `--workers` processes, one XLA thread
 each with `--threads 1`), then writes the report: the finished runs of `--out` go into
-`<results_dir>/metrics.json`, and RESULTS.md and the figures are rendered from it. With
-`--report_only` and no finished runs in `--out`, the report is re-rendered from the
-metrics.json already there.
+`<results_dir>/metrics.json`, and RESULTS.md and the figures are rendered from it. A run
+already recorded in that metrics.json (at the table's current budget) counts as
+finished and stays in it, so the command continues on another machine from the committed
+document. With no finished runs in `--out` (e.g. `--report_only`), the report is
+re-rendered from the metrics.json already there.
 """
 
 from __future__ import annotations
@@ -76,16 +78,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run.SKIPPED if result is None else 0
   command = " ".join(["python -m experiments.ablation",
                       *(argv if argv is not None else sys.argv[1:])])
+  metrics = os.path.join(args.results_dir, report.METRICS_FILE)
+  # --smoke writes a results dir of its own under --out: nothing to continue from.
+  previous = (report.load_document(args.results_dir)
+              if os.path.exists(metrics) and not args.smoke else None)
   if not args.report_only:
     rows = selected_rows(args.tables.split(","), args.smoke, args.rows)
-    failed = run.train_table(rows, command, args)
+    failed = run.train_table(rows, command, args, previous["runs"] if previous else ())
     if failed:
       print(f"failed runs: {failed}", flush=True)
       return 1
-  document, out = report.build_document(args.out, command), args.out
+  document, out = report.build_document(args.out, command, previous), args.out
   if document is None:
-    print(f"no finished runs in {args.out}; re-rendering the report from "
-          f"{os.path.join(args.results_dir, report.METRICS_FILE)}", flush=True)
+    print(f"no finished runs in {args.out}; re-rendering the report from {metrics}",
+          flush=True)
     document, out = report.load_document(args.results_dir), None
   else:
     report.save_document(document, args.results_dir)

@@ -25,6 +25,12 @@ def _examples(out: str | None, row: table.Row) -> dict[str, np.ndarray] | None:
     return dict(f)
 
 
+def _drawn_elsewhere(row: table.Row, example: Any, summary: Mapping[str, Any]) -> bool:
+  """Whether `row`'s panels are of a run from an earlier document: its first seed is in
+  `summary`, but its `example` is not in `out`."""
+  return example is None and min(row.seeds) in summary.get(row.key, {}).get("seeds", ())
+
+
 def _model_kwargs(row: table.Row) -> Mapping[str, Any]:
   return table.make_config(row, 0, data_dir="").model.kwargs
 
@@ -39,18 +45,21 @@ def make_figures(out: str | None, summary: Mapping[str, Any], results_dir: str
 
   Args:
     out: the runs, for the attention panels; None keeps the panels already in
-      `results_dir`.
+      `results_dir`, as does a row whose first seed is in `summary` but not in `out`
+      (its run came from an earlier document, drawn where it trained).
     summary: `summarize`'s per-row summary.
     results_dir: where the PNGs go.
   """
   figures = []
 
-  def save(name: str, caption: str, draw: Callable[[], Any] | None) -> None:
-    """Saves the figure `draw()` as `name`; without `draw` and `out`, keeps an earlier one."""
+  def save(name: str, caption: str, draw: Callable[[], Any] | None, drawn: bool = False
+           ) -> None:
+    """Saves the figure `draw()` as `name`; without `draw`, keeps an earlier one where
+    there is no `out` or its run was `drawn` elsewhere."""
     path = os.path.join(results_dir, name)
     if draw is not None:
       figures.append((caption, viz.save_figure(draw(), path)))
-    elif out is None and os.path.exists(path):
+    elif (out is None or drawn) and os.path.exists(path):
       figures.append((caption, path))
 
   for name_of_table, rows in (*table.IMAGE_TABLES, ("bags", table.BAG_ROWS)):
@@ -89,6 +98,7 @@ def make_figures(out: str | None, summary: Mapping[str, Any], results_dir: str
   for row in table.CLUTTERED_ROWS + table.HEAVY_ROWS + table.LARGE_ROWS:
     seed = min(row.seeds)
     example = _examples(out, row)
+    drawn = _drawn_elsewhere(row, example, summary)
     has_map = example is not None and "map" in example
     panel = levels = None
     if has_map:
@@ -98,7 +108,8 @@ def make_figures(out: str | None, summary: Mapping[str, Any], results_dir: str
                                 grid=row.grid, boxes=example["box"][:4], titles=titles[:4])
     save(f"attention_{row.key}.png",
          f"{row.label} ({row.family}) on {row.table}: attention overlay, ground-truth box "
-         f"(green), most attended region (red); seed {seed}, first test images.", panel)
+         f"(green), most attended region (red); seed {seed}, first test images.", panel,
+         drawn)
     if row.family != "multiscale":
       continue
     if has_map and "region_weights" in example:
@@ -111,7 +122,7 @@ def make_figures(out: str | None, summary: Mapping[str, Any], results_dir: str
           box=example["box"][0])
     save(f"levels_{row.key}.png",
          f"{row.label} on {row.table}: region weights level by level (coarse levels are "
-         f"sums of their finer regions' weights).", levels)
+         f"sums of their finer regions' weights).", levels, drawn)
   for row in table.BAG_ROWS:
     if (row.train_examples != max(table.BAG_TRAIN_SIZES)
         or _model_kwargs(row).pooling not in ("attention", "gated")):
@@ -122,5 +133,6 @@ def make_figures(out: str | None, summary: Mapping[str, Any], results_dir: str
          f"instance titled label: weight; target 9s framed green, the most attended red.",
          None if example is None else functools.partial(
              viz.bag_figure, example["bag"], example["weights"], mask=example["mask"],
-             instance_labels=example["instance_labels"], target=9))
+             instance_labels=example["instance_labels"], target=9),
+         _drawn_elsewhere(row, example, summary))
   return figures

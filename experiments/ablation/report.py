@@ -1,7 +1,9 @@
 """The report of the ablation: metrics.json, tables and figures, RESULTS.md.
 
-`build_document` gathers the finished runs of `--out` into one document (environment,
-commands, sessions, per-row summary, every run), saved as `<results_dir>/metrics.json`;
+`build_document` gathers the finished runs of `--out`, and those of the previous
+metrics.json still current (`run.is_current`), into one document (environment, commands,
+sessions, per-row summary, every run), saved as `<results_dir>/metrics.json`: committed,
+it carries the progress of the command to the next machine.
 `write_report` renders RESULTS.md (tables with the convergence rule's verdict, paired
 95 % intervals against the plain CNN of each backbone) and the figures (learning curves,
 accuracy bars, attention panels) from that document, so a report can be re-rendered from
@@ -287,31 +289,70 @@ def _read_lines(path: str) -> list[str]:
     return [line.strip() for line in f if line.strip()]
 
 
-def build_document(out: str, command: str) -> dict[str, Any] | None:
-  """The finished runs of `out` with what the report says about them; None if none.
+def build_document(out: str, command: str, previous: Mapping[str, Any] | None = None
+                   ) -> dict[str, Any] | None:
+  """The finished runs of `out` and of `previous` with what the report says about them;
+  None if `out` has none (`previous` then stands as it is).
 
   Args:
     out: the runs' directory.
-    command: the command line to cite when `out` records none that trained.
+    command: the command line to cite when neither `out` nor `previous` records one.
+    previous: an earlier document (the committed metrics.json, perhaps written on
+      another machine): its runs that `run.is_current` join those of `out` (a run of
+      `out` wins over the same (row, seed) there), its commands and sessions come first.
+      The others are left out, with a printed line; with none current, its commands and
+      sessions too.
 
   Returns:
     `generated` (now, UTC), `environment` (of this machine), `command` (every
-    distinct command that trained runs into `out`), `seeds` (per table), `summary` (per
-    row, `summarize`),
-    `runs` (every result.json) and `sessions` (each training command's start,
-    minutes, runs and workers).
+    distinct command that trained the runs), `seeds` (per table), `summary` (per row,
+    `summarize`), `runs` (every result.json, in row and seed order) and `sessions` (each
+    training command's start, minutes, runs and workers).
   """
-  results = collect_runs(out, table.ROWS + table.REAL_ROWS)
-  if not results:
+  rows = table.ROWS + table.REAL_ROWS
+  fresh = collect_runs(out, rows)
+  if not fresh:
     return None
-  commands = _read_lines(os.path.join(out, run.COMMANDS_FILE))
+  earlier_runs = previous["runs"] if previous else []
+  recorded = [r for r in earlier_runs if run.is_current(r)]
+  found = {(r["row"], r["seed"]): r for r in [*recorded, *fresh]}
+  if len(recorded) < len(earlier_runs):
+    print(f"left out {len(earlier_runs) - len(recorded)} of the {len(earlier_runs)} runs of "
+          "the earlier document: not what the table trains now (row, seed, steps, batch "
+          f"or dataset){'' if recorded else '; its commands and sessions too'}", flush=True)
+  earlier = previous if recorded else {"command": "", "sessions": []}
+  results = [found[(row.key, seed)] for row in rows for seed in row.seeds
+             if (row.key, seed) in found]
+  commands = [*filter(None, (line.strip() for line in earlier["command"].splitlines())),
+              *_read_lines(os.path.join(out, run.COMMANDS_FILE))]
+  sessions = [*earlier.get("sessions", []),
+              *(json.loads(line) for line in _read_lines(os.path.join(out, run.SESSIONS_FILE)))]
   return {"generated": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}",
           "environment": environment(),
           "command": "\n    ".join(dict.fromkeys(commands)) or command,
           "seeds": {name: list(t.seeds) for name, t in table.TABLES.items()},
           "summary": summarize(results), "runs": results,
-          "sessions": [json.loads(line)
-                       for line in _read_lines(os.path.join(out, run.SESSIONS_FILE))]}
+          # A session is its command and start: rebuilding from the same `out` adds none.
+          "sessions": list({(s["started"], s["command"]): s for s in sessions}.values())}
+
+
+def unfinished(results: Sequence[Mapping[str, Any]]) -> str:
+  """A paragraph: per table of the report that lacks runs, its finished of its planned
+  runs (its rows x its seeds); "" when none lacks any. A real-image table counts once it
+  has a run (it is not part of the default command)."""
+  finished = {(r["row"], r["seed"]) for r in results}
+  lines = []
+  for name, spec in table.TABLES.items():
+    rows = [row for row in table.ROWS + table.REAL_ROWS if row.table == name]
+    done = sum((row.key, seed) in finished for row in rows for seed in spec.seeds)
+    planned = len(rows) * len(spec.seeds)
+    if done < planned and (done or name not in table.REAL_DATASETS):
+      lines.append(f"- {name} ({table.dataset_of(name)}): {done} of {planned} runs "
+                   f"({len(rows)} rows x {len(spec.seeds)} seeds)")
+  if not lines:
+    return ""
+  return ("Not complete yet; runs finished of planned (the table's rows x its seeds):\n\n"
+          + "\n".join(lines) + "\n")
 
 
 def _session_text(sessions: Sequence[Mapping[str, Any]]) -> str:
@@ -350,6 +391,7 @@ def write_report(document: Mapping[str, Any], *, out: str | None, results_md: st
       "`experiments/configs/ablation.py`). Environment: "
       f"{_environment_text(document['environment'])}. "
       f"{_session_text(document.get('sessions', []))}\n",
+      unfinished(results),
       "Each run trains with `regionatt_jax.train.loop.train_and_evaluate` (AdamW, warmup "
       "and cosine schedule, gradient clipping; batch 32, bags: batch 16) and evaluates "
       "on the validation split along the way, which gives its learning curve:\n",

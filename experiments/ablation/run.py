@@ -2,9 +2,11 @@
 
 Every (row, seed) trains through `regionatt_jax.train.train_and_evaluate` in its
 own directory `<out>/<row key>/seed_<s>`. A run is finished when its `result.json`
-exists; finished runs are skipped, so a command resumes after an interruption (an
-unfinished run resumes from its own checkpoint), and a per-run lock lets several
-commands share one `--out`.
+exists, or when a recorded document (`results/metrics.json`, committed) holds a record
+of it that `is_current`; finished runs are skipped, so a command resumes after an
+interruption (an unfinished run resumes from its own checkpoint), also on another
+machine from the committed document, and a per-run lock lets several commands share one
+`--out`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -39,6 +41,21 @@ SKIPPED = 3  # exit status of a worker that found its run taken by another proce
 
 def run_dir(out: str, row: table.Row, seed: int) -> str:
   return os.path.join(out, row.key, f"seed_{seed}")
+
+
+def is_current(result: Mapping[str, Any]) -> bool:
+  """Whether a run's `result.json` is a run the table trains now.
+
+  True when its row is in the table with its seed among the row's seeds, and its
+  `steps`, `batch_size` and `dataset` are those of `table.make_config(row, seed)`: a
+  record of another budget (an older table) does not count as finished.
+  """
+  row = table.ROWS_BY_KEY.get(result["row"])
+  if row is None or result["seed"] not in row.seeds:
+    return False
+  config = table.make_config(row, result["seed"], data_dir="")
+  return ((result.get("steps"), result.get("batch_size"), result.get("dataset"))
+          == (config.train.steps, config.train.global_batch_size, config.dataset.name))
 
 
 def prepare_bag_subset(data_dir: str, train_examples: int) -> str:
@@ -192,10 +209,16 @@ def _run_subprocess(row: table.Row, seed: int, args) -> int:
   return process.returncode
 
 
-def run_all(jobs: Sequence[tuple[table.Row, int]], args) -> list[str]:
-  """Runs the unfinished jobs, `args.workers` at a time; returns the failed ones."""
-  pending = [(row, seed) for row, seed in jobs
-             if not os.path.exists(os.path.join(run_dir(args.out, row, seed), RESULT_FILE))]
+def run_all(jobs: Sequence[tuple[table.Row, int]], args,
+            recorded: Sequence[Mapping[str, Any]] = ()) -> list[str]:
+  """Runs the unfinished jobs, `args.workers` at a time; returns the failed ones.
+
+  A job is finished when `args.out` holds its result, or `recorded` (result.json dicts
+  of an earlier document) one that `is_current`.
+  """
+  done = {(r["row"], r["seed"]) for r in recorded if is_current(r)}
+  pending = [(row, seed) for row, seed in jobs if (row.key, seed) not in done
+             and not os.path.exists(os.path.join(run_dir(args.out, row, seed), RESULT_FILE))]
   print(f"{len(jobs) - len(pending)} of {len(jobs)} runs already finished; "
         f"running {len(pending)} with {args.workers} worker(s)", flush=True)
   failed = []
@@ -231,9 +254,10 @@ def jobs_of(rows: Sequence[table.Row], smoke: bool) -> list[tuple[table.Row, int
           if seed in seeds[row.key]]
 
 
-def train_table(rows: Sequence[table.Row], command: str, args) -> list[str]:
-  """Trains every (row, seed) of `jobs_of(rows)` not yet finished in `args.out`; returns
-  the failed runs.
+def train_table(rows: Sequence[table.Row], command: str, args,
+                recorded: Sequence[Mapping[str, Any]] = ()) -> list[str]:
+  """Trains every (row, seed) of `jobs_of(rows)` not yet finished in `args.out` or
+  `recorded` (`run_all`); returns the failed runs.
 
   Records `command` in `<out>/commands.txt` and its wall clock in `sessions.jsonl`.
   """
@@ -243,7 +267,7 @@ def train_table(rows: Sequence[table.Row], command: str, args) -> list[str]:
   jobs = jobs_of(rows, args.smoke)
   started = datetime.datetime.now(datetime.timezone.utc)
   prepare_datasets(rows, args.data_dir, args.smoke)
-  failed = run_all(jobs, args)
+  failed = run_all(jobs, args, recorded)
   with open(os.path.join(args.out, SESSIONS_FILE), "a") as f:
     f.write(json.dumps({
         "command": command, "started": f"{started:%Y-%m-%d %H:%M}",

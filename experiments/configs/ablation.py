@@ -20,6 +20,11 @@ checkpoint, so it can be stopped and started again) with
 
 and one tiny step per row (CI) with `python -m experiments.ablation --smoke`.
 
+At its end it records every finished run in `results/metrics.json` (stopped early:
+`--report_only` with the same `--out` does); commit that file with RESULTS.md and the
+figures, and the same command continues on another machine, skipping the runs recorded
+there at the current budget.
+
 The real-image tables (`REAL_ROWS`: cifar10, eurosat, patch_camelyon with a ResNet-18,
 the recipe of `experiments/configs/cifar10.py`) are not part of the default run; they
 need the datasets downloaded once and a GPU or TPU (hours of CPU time each). On such a

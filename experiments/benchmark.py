@@ -405,7 +405,8 @@ def main(argv=None) -> None:
   size.update({k: v for k, v in (("batch_sizes", args.batch_sizes), ("iters", args.iters))
                if v is not None})
   results = timing.run_suite("experiments.benchmark", "models", plan(frameworks, args.cases),
-                             size, allocators, args.threads, args.timeout)
+                             size, allocators, args.threads, args.timeout,
+                             args.rounds)
   suffix = f"_{args.tag}" if args.tag else ""
   out_dir = timing.save_results(args, results, markdown(results), suffix)
   plot(results, out_dir / f"time_vs_batch{suffix}.png")

@@ -172,7 +172,7 @@ def main(argv=None) -> None:
     results = timing.run_suite("experiments.benchmark_conv", "conv",
                                [("jax", "conv"), ("torch_eager", "conv")],
                                SIZES["quick" if args.quick else "full"], args.allocators,
-                               args.threads, args.timeout)
+                               args.threads, args.timeout, args.rounds)
     timing.save_results(args, results, markdown(results), MARKER)
 
 

@@ -182,28 +182,61 @@ def worker_result(framework: str, threads: int, measure: Callable[[], list[dict]
               peak_rss_mb=peak_rss_mb())
 
 
+#: What names a measurement: rows of different rounds with these equal are one row.
+ROW_IDENTITY = ("allocator", "framework", "case", "batch", "kind", "form")
+
+
+def median_of_rounds(rows: Sequence[dict]) -> list[dict]:
+  """One row per measurement (`ROW_IDENTITY`): the round whose median is the median of
+  the rounds' medians, with every round's median in `round_medians_ms`."""
+  groups = {}
+  for row in rows:
+    groups.setdefault(tuple(row.get(k) for k in ROW_IDENTITY), []).append(row)
+  merged = []
+  for group in groups.values():
+    ordered = sorted(group, key=lambda r: r["median_ms"])
+    merged.append(dict(ordered[(len(ordered) - 1) // 2],
+                       round_medians_ms=[r["median_ms"] for r in group]))
+  return merged
+
+
 def run_suite(module: str, suite: str, plan: Sequence[tuple[str, str]], size: dict,
-              allocators: Sequence[str], threads: int, timeout_s: float) -> dict:
-  """Runs `module`'s worker for every (allocator, (framework, case) of `plan`).
+              allocators: Sequence[str], threads: int, timeout_s: float,
+              rounds: int = 1) -> dict:
+  """Runs `module`'s worker for every (allocator, (framework, case) of `plan`), `rounds`
+  times.
+
+  The rounds interleave the frameworks (each round runs the whole plan, every other
+  round in reverse order), so that noise of a shared machine hits them alike; each
+  measurement is then the median round (`median_of_rounds`).
 
   Returns:
     The results document: `environment` (`framework_environment`), `size`, `suite`, `command`,
-    `started`, `rows` (each with its allocator), `memory` (peak RSS per worker) and
-    the `load_average` before and after.
+    `started`, `rounds`, `rows` (each with its allocator), `memory` (peak RSS per worker,
+    the largest over rounds) and the `load_average` before and after.
   """
   load_before = os.getloadavg()
   results = dict(environment=framework_environment(threads, allocators), size=size, suite=suite,
                  command=" ".join([Path(sys.executable).name, *sys.argv]),
-                 started=time.strftime("%Y-%m-%d %H:%M:%S %Z"), rows=[], memory=[])
-  for allocator in allocators:
-    for framework, case in plan:
-      spec = dict(framework=framework, case=case, size=size, threads=threads)
-      print(f"[{allocator}] {framework} / {case} ...", file=sys.stderr, flush=True)
-      out = run_worker(module, spec, ALLOCATORS[allocator], threads, timeout_s)
-      results["rows"] += [dict(allocator=allocator, **row) for row in out["rows"]]
-      results["memory"].append(dict(allocator=allocator, framework=framework, case=case,
-                                    threads=out["threads"], peak_rss_mb=out["peak_rss_mb"],
-                                    rss_after_import_mb=out["rss_after_import_mb"]))
+                 started=time.strftime("%Y-%m-%d %H:%M:%S %Z"), rounds=rounds, rows=[],
+                 memory=[])
+  memory = {}
+  for round_index in range(rounds):
+    for allocator in allocators:
+      for framework, case in plan[::-1] if round_index % 2 else plan:
+        spec = dict(framework=framework, case=case, size=size, threads=threads)
+        print(f"[round {round_index + 1}/{rounds}, {allocator}] {framework} / {case} ...",
+              file=sys.stderr, flush=True)
+        out = run_worker(module, spec, ALLOCATORS[allocator], threads, timeout_s)
+        results["rows"] += [dict(allocator=allocator, **row) for row in out["rows"]]
+        entry = dict(allocator=allocator, framework=framework, case=case,
+                     threads=out["threads"], peak_rss_mb=out["peak_rss_mb"],
+                     rss_after_import_mb=out["rss_after_import_mb"])
+        key = (allocator, framework, case)
+        if key not in memory or entry["peak_rss_mb"] > memory[key]["peak_rss_mb"]:
+          memory[key] = entry
+  results["rows"] = median_of_rounds(results["rows"])
+  results["memory"] = list(memory.values())
   results["load_average"] = dict(before=load_before, after=os.getloadavg())
   return results
 
@@ -235,6 +268,8 @@ def markdown_section(results: dict, intro: Sequence[str],
       f"- load average (1, 5, 15 min) before {tuple(round(v, 1) for v in load['before'])}, "
       f"after {tuple(round(v, 1) for v in load['after'])}",
       f"- sizes: {size}",
+      *([f"- rounds: {results['rounds']} (every worker once per round, the frameworks "
+         "interleaved; each time is the median round)"] if "rounds" in results else []),
       f"- tuned allocator: `GLIBC_TUNABLES={env['tuned_allocator']}`",
       "",
       *intro,
@@ -269,6 +304,9 @@ def add_flags(parser: argparse.ArgumentParser, results_file: str) -> None:
                       "quick: none)")
   parser.add_argument("--from-json", type=Path, default=None,
                       help="re-render the markdown of an earlier results file")
+  parser.add_argument("--rounds", type=int, default=1,
+                      help="run every worker this many times, interleaving the frameworks; "
+                      "each figure is the median round")
   parser.add_argument("--worker", help=argparse.SUPPRESS)
 
 

@@ -30,6 +30,28 @@ def test_median_ms_is_the_median_of_the_timed_calls(monkeypatch):
   assert (result["p25_ms"], result["p75_ms"]) == pytest.approx((1500.0, 2500.0))
 
 
+def test_rounds_interleave_frameworks_and_keep_the_median_round(monkeypatch):
+  calls, times = [], iter([5.0, 1.0, 9.0, 2.0, 7.0, 3.0])  # jax, torch, torch, jax, jax, torch
+
+  def fake_worker(module, spec, allocator, threads, timeout_s):
+    calls.append(spec["framework"])
+    return dict(rows=[dict(framework=spec["framework"], case="op", batch=8, kind="forward",
+                           median_ms=next(times))],
+                threads=threads, peak_rss_mb=100.0 + len(calls), rss_after_import_mb=50.0)
+
+  monkeypatch.setattr(timing, "run_worker", fake_worker)
+  results = timing.run_suite("m", "s", [("jax", "op"), ("torch", "op")], {}, ["tuned"], 1,
+                             60.0, rounds=3)
+  assert calls == ["jax", "torch", "torch", "jax", "jax", "torch"]
+  by_framework = {r["framework"]: r for r in results["rows"]}
+  assert len(results["rows"]) == 2
+  assert by_framework["jax"]["median_ms"] == 5.0  # of 5, 2, 7
+  assert by_framework["torch"]["median_ms"] == 3.0  # of 1, 9, 3
+  assert sorted(by_framework["torch"]["round_medians_ms"]) == [1.0, 3.0, 9.0]
+  assert {m["framework"]: m["peak_rss_mb"] for m in results["memory"]} == {"jax": 105.0,
+                                                                           "torch": 106.0}
+
+
 @pytest.mark.parametrize("script,marker", [
     (benchmark, ""), (benchmark, "_default_allocator"), (benchmark_conv, "_conv")])
 def test_benchmarks_md_sections_render_from_their_results(script, marker):

@@ -458,8 +458,6 @@ NNX_ARGS = {
     "AttentionNet": dict(conv=Arg(ra_nnx.Conv, function)),
 }
 NNX_OPTIONAL_WIDTH = ("AttentionPooling", "EfficientChannelAttention", "SpatialAttention")
-# Linen attributes the NNX twin does not have yet (its SmallCNN has no residual stages).
-NNX_LINEN_ONLY = {"SmallCNN": ("placement",)}
 
 
 def _nnx_construction(cls):
@@ -470,8 +468,7 @@ def _nnx_construction(cls):
 NNX = {f"nnx.{name}()": Entry(_nnx_construction(getattr(ra_nnx, name)), {
     "in_features": Arg(2, (lambda v: v is None or positive_int(v))
                        if name in NNX_OPTIONAL_WIDTH else positive_int, [1, 3]),
-    **{key: arg for key, arg in args.items() if key not in NNX_LINEN_ONLY.get(name, ())},
-    **NNX_ARGS.get(name, {})}) for name, (_, args) in MODULE_CLASSES.items()}
+    **args, **NNX_ARGS.get(name, {})}) for name, (_, args) in MODULE_CLASSES.items()}
 NNX["nnx.make_attention(kind)"] = Entry(
     lambda kind, in_features: nnx.eval_shape(
         lambda: ra_nnx.make_attention(kind, in_features, rngs=nnx.Rngs(0))),

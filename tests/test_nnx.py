@@ -67,6 +67,15 @@ CASES = {
         3, backbone="resnet50", backbone_kwargs={"width": 2, "stage_sizes": (1, 1)},
         attention="se", attention_kwargs={"reduction": 2}, head_kwargs={"grid": (2, 2)}),
                                _IMAGES, {"train": True}),
+    "small_cnn_residual": (rn.SmallCNN(features=(4, 4, 8), placement="residual"), _IMAGES,
+                           {"train": True}),
+    "small_cnn_residual_cbam": (rn.SmallCNN(
+        features=(4, 4, 8), placement="residual", attention="cbam",
+        attention_kwargs={"reduction": 2, "kernel_size": 3}), _IMAGES, {"train": True}),
+    "small_cnn_residual_se_region": (rn.RegionAttentionClassifier(
+        3, backbone_kwargs={"features": (4, 8), "placement": "residual"}, attention="se",
+        attention_kwargs={"reduction": 2}, head_kwargs={"grid": (2, 2)}), _IMAGES,
+                                     {"train": True}),
     "mil_masked": (rn.MILClassifier(2, features=(4,), embed_dim=6, hidden=4), (2, 3, 8, 8, 1),
                    {"train": False, "mask": jnp.array([[True, True, False], [True] * 3])}),
 }
@@ -87,6 +96,16 @@ def _assert_close(actual, expected, atol, what):
   jax.tree.map(lambda a, e: np.testing.assert_allclose(np.asarray(a), np.asarray(e), atol=atol,
                                                        rtol=0, err_msg=what),
                actual, expected)
+
+
+def _perturbed(variables):
+  """`variables` with noise on every parameter: the twins are compared away from the
+  initial values, where a zero-initialized scale (the last BatchNorm of a residual
+  block) would zero the attention on the branch and its gradients."""
+  leaves, treedef = jax.tree.flatten(variables.get("params", {}))
+  keys = jax.random.split(jax.random.key(3), len(leaves))
+  noisy = [p + 0.5 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)]
+  return {**variables, **({"params": jax.tree.unflatten(treedef, noisy)} if leaves else {})}
 
 
 def _modes(variables):
@@ -148,7 +167,8 @@ def test_twin_matches_linen(case):
   `m.apply(v, ...)`."""
   module, shape, kwargs = case
   x = _input(shape)
-  variables = jax.jit(functools.partial(module.init, **kwargs))(jax.random.key(0), x)
+  variables = _perturbed(jax.jit(functools.partial(module.init, **kwargs))(jax.random.key(0),
+                                                                           x))
   model = rx.from_linen(module, variables)
   _assert_close(rx.to_linen_variables(model), dict(variables), 0, "variables round trip")
   out_shape = jax.eval_shape(

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import einops
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -308,6 +309,28 @@ def mi_net(instance_logits, pool: Layer):
   positive = jax.nn.softmax(instance_logits.astype(jnp.float32))[..., 1:]  # (..., N, 1)
   bag = jnp.clip(pool(positive)[..., 0], 1e-7, 1 - 1e-7)
   return jnp.stack([jnp.log1p(-bag), jnp.log(bag)], axis=-1)
+
+
+def conv_stage(x, conv: Layer, norm: Layer | None, attention: Layer | None):
+  """A stage of `SmallCNN(placement="path")`: `attention(relu(norm(conv(x))))`, where a
+  `norm` or `attention` of None is left out."""
+  x = conv(x)
+  if norm is not None:
+    x = norm(x)
+  x = jax.nn.relu(x)
+  return x if attention is None else attention(x)
+
+
+def small_cnn(x, stages: Sequence[Layer]):
+  """`SmallCNN`: the stages in order, a 2x2 max pool (stride 2) between two stages.
+
+  `(..., H, W, C) -> (..., H / 2^(S-1), W / 2^(S-1), C')` for S stages.
+  """
+  for i, stage in enumerate(stages):
+    if i:
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = stage(x)
+  return x
 
 
 def residual_sum(x, branch, attention: Layer | None, downsample: Layer):

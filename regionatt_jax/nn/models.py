@@ -152,10 +152,6 @@ class SmallCNN(nn.Module):
 
   def __post_init__(self):
     self._check_attributes(self)
-    # Linen only: the NNX twin has no residual stages yet.
-    _checks.choice(self.placement, "SmallCNN: placement", PLACEMENTS)
-    if self.placement == "residual" and not self.batch_norm:
-      raise ValueError("SmallCNN: placement='residual' needs batch_norm=True, got False")
     super().__post_init__()
 
   @staticmethod
@@ -164,7 +160,10 @@ class SmallCNN(nn.Module):
     of its NNX twin."""
     _checks.positive_ints(a.features, "SmallCNN: features")
     _check_stage_attention("SmallCNN", a.attention, a.attention_kwargs)
+    _checks.choice(a.placement, "SmallCNN: placement", PLACEMENTS)
     _checks.boolean(a.batch_norm, "SmallCNN: batch_norm")
+    if a.placement == "residual" and not a.batch_norm:
+      raise ValueError("SmallCNN: placement='residual' needs batch_norm=True, got False")
     _checks.function(a.conv, "SmallCNN: conv", "a conv module class")
     _checks.dtypes("SmallCNN", a.dtype, a.param_dtype)
 
@@ -176,21 +175,21 @@ class SmallCNN(nn.Module):
     conv = functools.partial(self.conv, dtype=self.dtype, param_dtype=self.param_dtype)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                              dtype=self.dtype, param_dtype=self.param_dtype)
-    for i, width in enumerate(self.features):
+
+    def stage(i: int, width: int):
       if self.placement == "residual":
-        x = BasicBlock(width, 1, attention, conv, norm, name=f"block_{i}")(x, train)
-      else:
-        x = conv(width, (3, 3), padding="SAME", use_bias=not self.batch_norm,
-                 name=f"conv_{i}")(x)
-        if self.batch_norm:
-          x = norm(name=f"bn_{i}")(x)
-        x = nn.relu(x)
-        stage_attention = attention(f"attention_{i}")
-        if stage_attention is not None:
-          x = stage_attention(x, train)
-      if i < len(self.features) - 1:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    return x
+        return functools.partial(
+            BasicBlock(width, 1, attention, conv, norm, name=f"block_{i}"), train=train)
+      stage_conv = conv(width, (3, 3), padding="SAME", use_bias=not self.batch_norm,
+                        name=f"conv_{i}")
+      stage_norm = norm(name=f"bn_{i}") if self.batch_norm else None
+      stage_attention = attention(f"attention_{i}")
+      return functools.partial(
+          functional.conv_stage, conv=stage_conv, norm=stage_norm,
+          attention=None if stage_attention is None else (
+              functools.partial(stage_attention, train=train)))
+
+    return functional.small_cnn(x, [stage(i, width) for i, width in enumerate(self.features)])
 
 
 # torchvision pads 3x3 convs by 1 on every side; Flax's "SAME" pads a stride-2 conv of

@@ -92,17 +92,24 @@ def _in_features(module: nn.Module, params) -> int | None:
     return None
   if kind is linen.CoordinateAttention:
     return _kernel_in(params, "conv_shared")
-  if kind in (linen.AttentionNet, linen.SmallCNN):
+  if kind is linen.AttentionNet:
     return _kernel_in(params, _first(params, "conv_0", "attention"), axis=2)
-  if kind is linen.ResNet:
-    return _kernel_in(params, "conv1", axis=2)
+  if kind in (linen.SmallCNN, linen.ResNet):
+    return _backbone_in(params)
   if kind is linen.RegionAttentionClassifier:
-    return _kernel_in(params["backbone"], _first(params["backbone"], "conv_0", "conv1"),
-                      axis=2)
+    return _backbone_in(params["backbone"])
   if kind is linen.MILClassifier:
     return _kernel_in(params, "instance_cnn", "conv_0", axis=2)
   raise TypeError(f"from_linen: no NNX twin for {kind.__name__}; need one of "
                   f"{sorted(k.__name__ for k in TWINS)}")
+
+
+def _backbone_in(params) -> int:
+  """The image channels of a backbone: the input width of its first conv (`conv_0` of a
+  SmallCNN, `block_0/conv1` of a residual one, `conv1` of a ResNet)."""
+  if "block_0" in params:
+    params = params["block_0"]
+  return _kernel_in(params, _first(params, "conv_0", "conv1"), axis=2)
 
 
 def _scorer_of(module) -> nn.Module:

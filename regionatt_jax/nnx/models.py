@@ -80,49 +80,60 @@ class AttentionNet(nnx.Module):
 
 
 class SmallCNN(nnx.Module):
-  """Stages of conv 3x3 -> BatchNorm -> ReLU -> attention, 2x2 max pool between stages.
+  """Stages of convolutions with BatchNorm and attention, 2x2 max pool between stages;
+  see `regionatt_jax.nn.SmallCNN` (`placement="path"`: conv 3x3 -> BatchNorm -> ReLU ->
+  attention; `"residual"`: a `BasicBlock` with the attention on its branch).
 
   Args:
     in_features: image channels.
     features: width of each stage.
     attention: per-stage attention name for `make_attention`, or None.
     attention_kwargs: options for it.
-    batch_norm: BatchNorm after each conv.
+    placement: `"path"` or `"residual"`.
+    batch_norm: BatchNorm after each conv (`placement="residual"` needs it).
     conv: conv class.
     dtype, param_dtype, rngs: as for `nnx.Conv`.
   """
 
   def __init__(self, in_features: int, features: Sequence[int] = (32, 64, 128),
                attention: str | None = None, attention_kwargs: Mapping[str, Any] | None = None,
-               batch_norm: bool = True, conv: ConvDef = Conv, *, dtype: Dtype | None = None,
-               param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+               placement: str = "path", batch_norm: bool = True, conv: ConvDef = Conv, *,
+               dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
     check_like(linen_models.SmallCNN, locals())
-    self.num_stages, self.batch_norm = len(features), batch_norm
+    self.num_stages, self.placement, self.batch_norm = len(features), placement, batch_norm
     self.out_features = features[-1]
+    stage_attention = functools.partial(_stage_attention, attention, attention_kwargs,
+                                        dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    conv = functools.partial(conv, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    norm = functools.partial(nnx.BatchNorm, momentum=0.9, dtype=dtype,
+                             param_dtype=param_dtype, rngs=rngs)
     widths = (in_features, *features)
     for i, (width_in, width) in enumerate(zip(widths, widths[1:])):
+      if placement == "residual":
+        setattr(self, f"block_{i}", BasicBlock(width_in, width, 1, stage_attention(width),
+                                               conv, norm))
+        continue
       setattr(self, f"conv_{i}", conv(width_in, width, (3, 3), padding="SAME",
-                                      use_bias=not batch_norm, dtype=dtype,
-                                      param_dtype=param_dtype, rngs=rngs))
+                                      use_bias=not batch_norm))
       if batch_norm:
-        setattr(self, f"bn_{i}", nnx.BatchNorm(width, momentum=0.9, dtype=dtype,
-                                               param_dtype=param_dtype, rngs=rngs))
-      setattr(self, f"attention_{i}", _stage_attention(attention, attention_kwargs, width,
-                                                       dtype, param_dtype, rngs))
+        setattr(self, f"bn_{i}", norm(width))
+      setattr(self, f"attention_{i}", stage_attention(width))
+
+  def _stage(self, i: int, train: bool | None):
+    """Stage `i` as a function of its input."""
+    if self.placement == "residual":
+      return functools.partial(getattr(self, f"block_{i}"), train=train)
+    norm = getattr(self, f"bn_{i}") if self.batch_norm else None
+    attention = getattr(self, f"attention_{i}")
+    return functools.partial(
+        functional.conv_stage, conv=getattr(self, f"conv_{i}"),
+        norm=None if norm is None else functools.partial(
+            norm, use_running_average=_batch_norm_mode(train)),
+        attention=None if attention is None else functools.partial(attention, train=train))
 
   def __call__(self, x, train: bool | None = None):
     """Args: x: `(..., H, W, C)`; train: BatchNorm mode. Returns the last feature map."""
-    for i in range(self.num_stages):
-      x = getattr(self, f"conv_{i}")(x)
-      if self.batch_norm:
-        x = getattr(self, f"bn_{i}")(x, use_running_average=_batch_norm_mode(train))
-      x = jax.nn.relu(x)
-      attention = getattr(self, f"attention_{i}")
-      if attention is not None:
-        x = attention(x, train)
-      if i < self.num_stages - 1:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    return x
+    return functional.small_cnn(x, [self._stage(i, train) for i in range(self.num_stages)])
 
 
 class _Block(nnx.Module):

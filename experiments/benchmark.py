@@ -35,6 +35,9 @@ from experiments import timing
 
 FRAMEWORKS = ("jax", "jax_flax_conv", "torch_eager", "torch_compile")
 MODEL_CASES = ("attention_net", "region_classifier")
+#: The region classifier's backbone alone (global mean, no head): with `region_classifier`
+#: in the same run, it splits the classifier's time into convolutions and head.
+BACKBONE_CASE = "cnn_classifier"
 
 # Full and quick sizes: images (H = W), region-op feature map (H = W, C), classes.
 SIZES = {
@@ -54,7 +57,8 @@ def _jax_model(case: str, framework: str, size: dict):
   conv = nn.Conv if framework == "jax_flax_conv" else Conv
   if case == "attention_net":
     return ra_nn.AttentionNet(size["classes"], conv=conv)
-  return ra_nn.RegionAttentionClassifier(size["classes"], conv=conv)
+  return ra_nn.RegionAttentionClassifier(size["classes"], conv=conv,
+                                         head=None if case == BACKBONE_CASE else "region")
 
 
 def _jax_model_rows(case: str, framework: str, batch: int, size: dict) -> list[dict]:
@@ -151,7 +155,8 @@ def _torch_model_rows(case: str, framework: str, batch: int, size: dict) -> list
   from regionatt_jax import pytorch as ra_torch
   torch.manual_seed(0)
   model = (ra_torch.AttentionNet(size["classes"]) if case == "attention_net"
-           else ra_torch.RegionAttentionClassifier(size["classes"]))
+           else ra_torch.RegionAttentionClassifier(size["classes"],
+                                                   head=case != BACKBONE_CASE))
   images = torch.randn(batch, 3, size["image"], size["image"])
   labels = torch.randint(0, size["classes"], (batch,))
   optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
@@ -264,7 +269,7 @@ def _model_table(results: dict, allocator: str) -> list[str]:
            "torch eager ms | torch.compile ms (first call s) | eager / JAX | compile / JAX |",
            "|---|---|---|---|---|---|---|---|---|"]
   keys = sorted({(r["case"], r["kind"], r["batch"]) for r in rows},
-                key=lambda k: ((*MODEL_CASES, "region_op").index(k[0]), k[1], k[2]))
+                key=lambda k: ((*MODEL_CASES, BACKBONE_CASE, "region_op").index(k[0]), k[1], k[2]))
   for case, kind, batch in keys:
     match = dict(case=case, kind=kind, batch=batch)
     jax_row, flax_conv = _best(rows, framework="jax", **match), _best(
@@ -383,7 +388,8 @@ def main(argv=None) -> None:
   parser.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS, default=None,
                       help="default: all (quick: jax torch_eager; torch.compile alone "
                       "takes minutes to compile on 2 cores)")
-  parser.add_argument("--cases", nargs="+", choices=(*MODEL_CASES, "region_op"),
+  parser.add_argument("--cases", nargs="+",
+                      choices=(*MODEL_CASES, BACKBONE_CASE, "region_op"),
                       default=[*MODEL_CASES, "region_op"])
   parser.add_argument("--batch-sizes", nargs="+", type=int, default=None)
   parser.add_argument("--iters", type=int, default=None, help="timed runs per measurement")

@@ -281,7 +281,13 @@ def _grid_sum_jvp(primals, tangents):
   # faster at 16 to 1,024 regions, measured under load).
   weights_term = jax.lax.platform_dependent(blocks, weights_dot, cpu=_matvec_grid_sum,
                                             default=_reduced_grid_sum)
-  return _grid_sum(blocks, weights), _reduced_grid_sum(blocks_dot, weights) + weights_term
+  # One reduction per weight vector: transposed, their broadcast multiplies add up in one
+  # elementwise pass writing `dx`; one reduction over all K transposes to a reduction
+  # over K of a K-times-`x` product (windows at stride half their size, K = 4: fwd+bwd
+  # 3.1-4.7x the grid's time per element that way, 1.3-1.8x this way, measured on XLA:CPU).
+  blocks_term = jnp.concatenate([_reduced_grid_sum(blocks_dot, weights[..., k:k + 1, :])
+                                 for k in range(weights.shape[-2])], axis=-4)
+  return _grid_sum(blocks, weights), blocks_term + weights_term
 
 
 def _block_layout(layout):

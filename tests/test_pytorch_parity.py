@@ -52,12 +52,14 @@ def _pair(name):
   if name == "attention_net_fast_conv":
     return (ra_torch.AttentionNet(NUM_CLASSES, features=(16, 24)),
             ra_nn.AttentionNet(NUM_CLASSES, features=(16, 24), conv=Conv), (8, 3, 12, 12))
-  return (ra_torch.RegionAttentionClassifier(NUM_CLASSES, features=(8, 16, 24)),
-          ra_nn.RegionAttentionClassifier(NUM_CLASSES, backbone_kwargs={"features": (8, 16, 24)}),
+  head = name == "region_classifier"  # cnn_classifier: the same backbone, global mean
+  return (ra_torch.RegionAttentionClassifier(NUM_CLASSES, features=(8, 16, 24), head=head),
+          ra_nn.RegionAttentionClassifier(NUM_CLASSES, backbone_kwargs={"features": (8, 16, 24)},
+                                          head="region" if head else None),
           (4, 3, 32, 32))
 
 
-MODELS = ["attention_net", "attention_net_fast_conv", "region_classifier"]
+MODELS = ["attention_net", "attention_net_fast_conv", "region_classifier", "cnn_classifier"]
 
 
 def _flax_loss(flax_model, variables, train):

@@ -171,17 +171,21 @@ class RegionAttentionClassifier(nn.Module):
     features: backbone stage widths.
     grid: region grid of the head.
     form: one of `FORMS` for the head.
+    head: False for no head (global mean of the backbone's features), as
+      `RegionAttentionClassifier(num_classes, head=None)`.
   """
 
   def __init__(self, num_classes: int, in_channels: int = 3,
                features: Sequence[int] = (32, 64, 128), grid: tuple[int, int] = (4, 4),
-               form: str = "einsum"):
+               form: str = "einsum", head: bool = True):
     super().__init__()
     self.backbone = SmallCNN(in_channels, features)
-    self.head = RegionAttention(features[-1], grid, form=form)
+    self.head = RegionAttention(features[-1], grid, form=form) if head else None
     self.classifier = nn.Linear(features[-1], num_classes)
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     """Args: x: `(B, C, H, W)` images. Returns: `(B, num_classes)` logits."""
     features = self.backbone(x).permute(0, 2, 3, 1)
-    return self.classifier(self.head(features).mean(dim=(1, 2)))
+    if self.head is not None:
+      features = self.head(features)
+    return self.classifier(features.mean(dim=(1, 2)))

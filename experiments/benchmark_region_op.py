@@ -90,12 +90,20 @@ def op_forms(params, **layout):
   }
 
 
-def time_op(forward, params_and_x, repeats):
+def time_op(forward, params_and_x, repeats, cotangent="fixed"):
   """`(forward ms, forward+backward ms, compile s of forward+backward)` of `forward(x)`,
-  differentiated w.r.t. x and the parameters it closes over through `params_and_x`."""
+  differentiated w.r.t. x and the parameters it closes over through `params_and_x`.
+
+  `cotangent`: the output's gradient: `"fixed"` (a random array, as a model's next layer
+  gives: the op's own cost) or `"square"` (of `sum(y ** 2)`: it depends on `y`
+  elementwise, which lets XLA fuse the forward sum into the backward's loops).
+  """
   params, x = params_and_x
   fwd = jax.jit(lambda params, x: forward(params)(x))
-  fwd_bwd = jax.jit(jax.value_and_grad(lambda params, x: jnp.sum(forward(params)(x) ** 2),
+  shape = jax.eval_shape(fwd, params, x)
+  fixed = jax.random.normal(jax.random.key(7), shape.shape, shape.dtype)
+  loss = {"fixed": lambda y: jnp.sum(y * fixed), "square": lambda y: jnp.sum(y ** 2)}[cotangent]
+  fwd_bwd = jax.jit(jax.value_and_grad(lambda params, x: loss(forward(params)(x)),
                                        argnums=(0, 1)))
   compile_s = compile_seconds(fwd_bwd, params, x)
   return (median_seconds(fwd, params, x, repeats=repeats) * 1e3,
@@ -125,7 +133,7 @@ def weighted_sum_forms(grid):
   return {"library": library, "reduce": reduce_over_grid_axes, "einsum": einsum_over_regions}
 
 
-def run_case(shape, grid, repeats):
+def run_case(shape, grid, repeats, cotangent="fixed"):
   key_x, key_a, key_p = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(key_x, shape, jnp.float32)
   n = grid[0] * grid[1]
@@ -152,7 +160,7 @@ def run_case(shape, grid, repeats):
   row["pass_ms"] = pass_ms
   for form in ("pooled", "regions"):
     fwd_ms, fwd_bwd_ms, compile_s = time_op(lambda p, form=form: op_forms(p, grid=grid)[form],
-                                            (params, x), repeats)
+                                            (params, x), repeats, cotangent)
     row[f"op_{form}_fwd_ms"], row[f"op_{form}_fwd_bwd_ms"] = fwd_ms, fwd_bwd_ms
     row[f"op_{form}_fwd_bwd_compile_s"] = compile_s
   return row
@@ -180,7 +188,7 @@ def format_row(row):
   return "\n".join(lines)
 
 
-def scaling_rows(repeats, sides=SCALING_SIDES, grids=SCALING_GRIDS):
+def scaling_rows(repeats, sides=SCALING_SIDES, grids=SCALING_GRIDS, cotangent="fixed"):
   """The pooled op per image side and grid (and windows at stride half the region, up
   to `MAX_SCALING_REGIONS`)."""
   rows = []
@@ -200,7 +208,8 @@ def scaling_rows(repeats, sides=SCALING_SIDES, grids=SCALING_GRIDS):
         if n > MAX_SCALING_REGIONS:
           continue
         fwd_ms, fwd_bwd_ms, compile_s = time_op(
-            lambda p, layout=layout: op_forms(p, **layout)["pooled"], (params, x), repeats)
+            lambda p, layout=layout: op_forms(p, **layout)["pooled"], (params, x), repeats,
+            cotangent)
         rows.append(dict(side=side, grid=g, layout=name, regions=n, pass_ms=pass_ms,
                          fwd_ns=fwd_ms * 1e6 / x.size, fwd_bwd_ns=fwd_bwd_ms * 1e6 / x.size,
                          fwd_passes=fwd_ms / pass_ms, fwd_bwd_passes=fwd_bwd_ms / pass_ms,
@@ -219,6 +228,8 @@ def main(argv=None):
                       help="the pooled op from 64 to 512 px, 2x2 to 32x32 regions")
   parser.add_argument("--repeats", type=int, default=None, help="timed runs per figure")
   parser.add_argument("--json", default=None, help="also write the rows to this file")
+  parser.add_argument("--cotangent", choices=("fixed", "square"), default="fixed",
+                      help="the output's gradient in forward+backward (see `time_op`)")
   args = parser.parse_args(argv)
   cases = QUICK_CASES if args.quick else FULL_CASES
   repeats = args.repeats or (3 if args.quick else 21)
@@ -229,14 +240,15 @@ def main(argv=None):
         f"{'tuned' if allocator == timing.TUNED_ALLOCATOR else allocator or 'default'}, "
         f"medians of {repeats}")
   if args.scaling:
-    rows = scaling_rows(repeats, **(dict(sides=(16,), grids=(2, 4)) if args.quick else {}))
+    rows = scaling_rows(repeats, cotangent=args.cotangent,
+                        **(dict(sides=(16,), grids=(2, 4)) if args.quick else {}))
     if args.json:
       with open(args.json, "w") as f:
         json.dump(rows, f, indent=1)
     return rows
   rows = []
   for shape, grid in cases:
-    rows.append(run_case(shape, grid, repeats))
+    rows.append(run_case(shape, grid, repeats, args.cotangent))
     print(format_row(rows[-1]), flush=True)
   if args.json:
     with open(args.json, "w") as f:

@@ -13,6 +13,10 @@ section of BENCHMARKS.md; ~15 min on 2 cores):
 
     python -m experiments.benchmark
 
+`--rounds 3` runs every worker three times, the frameworks interleaved, and keeps the
+median round: use it for ratios on a shared machine. `--cases cnn_classifier` adds the
+region classifier's backbone alone (no head), which splits its time into the two.
+
 CI smoke run (tiny sizes, a few iterations; writes into a temporary directory):
 
     python -m experiments.benchmark --quick

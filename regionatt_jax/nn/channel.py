@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from regionatt_jax import _checks
 from regionatt_jax.nn import functional
+from regionatt_jax.nn.checked import CheckedModule
 from regionatt_jax.nn.maps import ATTENTION_MAP
 
 Dtype = Any
@@ -59,7 +60,7 @@ class _Bottleneck(nn.Module):
     return functional.bottleneck(s, dense(self.hidden, "reduce"), dense(s.shape[-1], "expand"))
 
 
-class SqueezeExcite(nn.Module):
+class SqueezeExcite(CheckedModule):
   """Squeeze-and-excitation (Hu et al., 2018): `x * sigmoid(MLP(mean_hw(x)))`.
 
   Attributes:
@@ -71,14 +72,8 @@ class SqueezeExcite(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
-  def __post_init__(self):
-    self._check_attributes(self)
-    super().__post_init__()
-
   @staticmethod
   def _check_attributes(a) -> None:
-    """Checks the attributes `a.<name>` of this module, or the same-named arguments
-    of its NNX twin."""
     _checks.integer(a.reduction, "SqueezeExcite: reduction")
     _checks.dtypes("SqueezeExcite", a.dtype, a.param_dtype)
 
@@ -113,7 +108,7 @@ def eca_kernel_size(channels: int, gamma: float = 2.0, b: float = 1.0) -> int:
   return t if t % 2 else t + 1
 
 
-class EfficientChannelAttention(nn.Module):
+class EfficientChannelAttention(CheckedModule):
   """ECA (Wang et al., 2020): a 1-D conv across the pooled channels, no bias, sigmoid.
 
   Attributes:
@@ -129,14 +124,8 @@ class EfficientChannelAttention(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
-  def __post_init__(self):
-    self._check_attributes(self)
-    super().__post_init__()
-
   @staticmethod
   def _check_attributes(a) -> None:
-    """Checks the attributes `a.<name>` of this module, or the same-named arguments
-    of its NNX twin."""
     if a.kernel_size is not None:
       _checks.integer(a.kernel_size, "EfficientChannelAttention: kernel_size", odd=True)
     _checks.real_scalar(a.gamma, "EfficientChannelAttention: gamma", positive=True)
@@ -163,7 +152,7 @@ class EfficientChannelAttention(nn.Module):
                    param_dtype=self.param_dtype, name="conv"), dtype)
 
 
-class SpatialAttention(nn.Module):
+class SpatialAttention(CheckedModule):
   """CBAM's spatial attention: `x * sigmoid(conv_kxk([mean_c(x), max_c(x)]))`.
 
   The map `(..., H, W)` is sown as `intermediates/<path>/attention_map`; see
@@ -178,14 +167,8 @@ class SpatialAttention(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
-  def __post_init__(self):
-    self._check_attributes(self)
-    super().__post_init__()
-
   @staticmethod
   def _check_attributes(a) -> None:
-    """Checks the attributes `a.<name>` of this module, or the same-named arguments
-    of its NNX twin."""
     _checks.integer(a.kernel_size, "SpatialAttention: kernel_size")
     _checks.dtypes("SpatialAttention", a.dtype, a.param_dtype)
 
@@ -210,7 +193,7 @@ class SpatialAttention(nn.Module):
     return y
 
 
-class CBAM(nn.Module):
+class CBAM(CheckedModule):
   """Convolutional block attention module (Woo et al., 2018): channel, then spatial.
 
   Channel gate: `sigmoid(MLP(mean_hw x) + MLP(max_hw x))` with one shared MLP
@@ -227,14 +210,8 @@ class CBAM(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
-  def __post_init__(self):
-    self._check_attributes(self)
-    super().__post_init__()
-
   @staticmethod
   def _check_attributes(a) -> None:
-    """Checks the attributes `a.<name>` of this module, or the same-named arguments
-    of its NNX twin."""
     _checks.integer(a.reduction, "CBAM: reduction")
     _checks.integer(a.kernel_size, "CBAM: kernel_size")
     _checks.dtypes("CBAM", a.dtype, a.param_dtype)
@@ -258,7 +235,7 @@ class CBAM(nn.Module):
     return SpatialAttention(self.kernel_size, dtype, self.param_dtype, name="spatial")(x, train)
 
 
-class CoordinateAttention(nn.Module):
+class CoordinateAttention(CheckedModule):
   """Coordinate attention (Hou et al., 2021).
 
   Pools along W and along H, runs both strips through one shared 1x1 conv `C -> m`
@@ -278,14 +255,8 @@ class CoordinateAttention(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
-  def __post_init__(self):
-    self._check_attributes(self)
-    super().__post_init__()
-
   @staticmethod
   def _check_attributes(a) -> None:
-    """Checks the attributes `a.<name>` of this module, or the same-named arguments
-    of its NNX twin."""
     _checks.integer(a.reduction, "CoordinateAttention: reduction")
     _checks.integer(a.min_hidden, "CoordinateAttention: min_hidden")
     _checks.real_scalar(a.momentum, "CoordinateAttention: momentum", minimum=0, maximum=1)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from regionatt_jax import _checks
 from regionatt_jax.nn import functional
+from regionatt_jax.nn.checked import CheckedModule
 from regionatt_jax.nn.conv import Conv
 from regionatt_jax.nn.factory import check_fields, check_kind, make_attention
 from regionatt_jax.nn.maps import ATTENTION_MAP
@@ -65,7 +66,7 @@ def _stage_attention(kind, kwargs, name: str, dtype, param_dtype):
   return make_attention(kind, name=name, **options)
 
 
-class AttentionNet(nn.Module):
+class AttentionNet(CheckedModule):
   """The seed network of region attention, fixed so that it runs and learns.
 
   conv 3x3 C->64, ReLU, conv 3x3 64->128, ReLU; attention map `m = sigmoid(conv1x1
@@ -87,14 +88,8 @@ class AttentionNet(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
-  def __post_init__(self):
-    self._check_attributes(self)
-    super().__post_init__()
-
   @staticmethod
   def _check_attributes(a) -> None:
-    """Checks the attributes `a.<name>` of this module, or the same-named arguments
-    of its NNX twin."""
     _checks.integer(a.num_classes, "AttentionNet: num_classes")
     _checks.positive_ints(a.features, "AttentionNet: features")
     _checks.function(a.conv, "AttentionNet: conv", "a conv module class")
@@ -122,7 +117,7 @@ class AttentionNet(nn.Module):
 PLACEMENTS = ("path", "residual")
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(CheckedModule):
   """Stages of convolutions with BatchNorm and attention, 2x2 max pool between stages.
 
   `placement="path"` (the default): each stage is conv 3x3 -> BatchNorm -> ReLU ->
@@ -150,14 +145,8 @@ class SmallCNN(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
-  def __post_init__(self):
-    self._check_attributes(self)
-    super().__post_init__()
-
   @staticmethod
   def _check_attributes(a) -> None:
-    """Checks the attributes `a.<name>` of this module, or the same-named arguments
-    of its NNX twin."""
     _checks.positive_ints(a.features, "SmallCNN: features")
     _check_stage_attention("SmallCNN", a.attention, a.attention_kwargs)
     _checks.choice(a.placement, "SmallCNN: placement", PLACEMENTS)
@@ -273,7 +262,7 @@ class Bottleneck(_Block):
 STEMS = ("imagenet", "small")
 
 
-class ResNet(nn.Module):
+class ResNet(CheckedModule):
   """ResNet laid out as torchvision's, so that its weights load by name (see
   `regionatt_jax.pytorch.from_torchvision`).
 
@@ -304,14 +293,8 @@ class ResNet(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
-  def __post_init__(self):
-    self._check_attributes(self)
-    super().__post_init__()
-
   @staticmethod
   def _check_attributes(a) -> None:
-    """Checks the attributes `a.<name>` of this module, or the same-named arguments
-    of its NNX twin."""
     _checks.positive_ints(a.stage_sizes, "ResNet: stage_sizes")
     _checks.integer(a.width, "ResNet: width")
     _checks.choice(a.stem, "ResNet: stem", STEMS)
@@ -360,7 +343,7 @@ BACKBONES: Mapping[str, ModuleDef] = {
 HEADS = ("region", "multiscale")
 
 
-class RegionAttentionClassifier(nn.Module):
+class RegionAttentionClassifier(CheckedModule):
   """Backbone (attention per stage) -> region-attention head -> global mean -> Dense.
 
   The head (`RegionAttention` or `MultiScaleRegionAttention`, built by
@@ -394,14 +377,8 @@ class RegionAttentionClassifier(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
-  def __post_init__(self):
-    self._check_attributes(self)
-    super().__post_init__()
-
   @staticmethod
   def _check_attributes(a) -> None:
-    """Checks the attributes `a.<name>` of this module, or the same-named arguments
-    of its NNX twin."""
     _checks.integer(a.num_classes, "RegionAttentionClassifier: num_classes")
     _checks.choice(a.backbone, "RegionAttentionClassifier: backbone", BACKBONES)
     _check_options("RegionAttentionClassifier", "backbone_kwargs", a.backbone_kwargs)
@@ -444,7 +421,7 @@ class RegionAttentionClassifier(nn.Module):
 LEVELS = ("embedding", "instance")
 
 
-class MILClassifier(nn.Module):
+class MILClassifier(CheckedModule):
   """Multiple-instance classifier: instance CNN -> embedding -> pooling -> classifier.
 
   `level="embedding"`: `AttentionPooling` of the embeddings, then Dense to the classes.
@@ -480,14 +457,8 @@ class MILClassifier(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
-  def __post_init__(self):
-    self._check_attributes(self)
-    super().__post_init__()
-
   @staticmethod
   def _check_attributes(a) -> None:
-    """Checks the attributes `a.<name>` of this module, or the same-named arguments
-    of its NNX twin."""
     _checks.integer(a.num_classes, "MILClassifier: num_classes")
     _checks.positive_ints(a.features, "MILClassifier: features")
     _checks.integer(a.embed_dim, "MILClassifier: embed_dim")

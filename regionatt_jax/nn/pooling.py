@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from regionatt_jax import _checks
 from regionatt_jax.nn import functional
+from regionatt_jax.nn.checked import CheckedModule
 from regionatt_jax.nn.maps import INSTANCE_WEIGHTS
 from regionatt_jax.nn.scorers import AttentionScore
 
@@ -28,7 +29,7 @@ Dtype = Any
 KINDS = ("attention", "gated", "mean", "max")
 
 
-class AttentionPooling(nn.Module):
+class AttentionPooling(CheckedModule):
   """Pools a bag of instance embeddings with (gated) attention, mean or max.
 
   Attributes:
@@ -42,14 +43,8 @@ class AttentionPooling(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
-  def __post_init__(self):
-    self._check_attributes(self)
-    super().__post_init__()
-
   @staticmethod
   def _check_attributes(a) -> None:
-    """Checks the attributes `a.<name>` of this module, or the same-named arguments
-    of its NNX twin."""
     _checks.choice(a.kind, "AttentionPooling: kind", KINDS)
     _checks.integer(a.hidden, "AttentionPooling: hidden")
     _checks.dtypes("AttentionPooling", a.dtype, a.param_dtype)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import regionatt_jax as ra
 from regionatt_jax import _checks
 from regionatt_jax.nn import functional
+from regionatt_jax.nn.checked import CheckedModule
 from regionatt_jax.nn.maps import ATTENTION_MAP, REGION_WEIGHTS
 from regionatt_jax.nn.scorers import MLPScorer
 
@@ -32,7 +33,7 @@ def _layout(x, module: str, grid, size=None, stride=None, pad=False):
         f"{tuple(x.shape[-3:-1])} into regions: {error}") from None
 
 
-class RegionAttention(nn.Module):
+class RegionAttention(CheckedModule):
   """`y, a = region_attention(x, scorer, ...)`: score, normalize, weight and aggregate regions.
 
   Exactly one of `grid` and `size` (with optional `stride`) gives the regions, as in
@@ -62,14 +63,8 @@ class RegionAttention(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
-  def __post_init__(self):
-    self._check_attributes(self)
-    super().__post_init__()
-
   @staticmethod
   def _check_attributes(a) -> None:
-    """Checks the attributes `a.<name>` of this module, or the same-named arguments
-    of its NNX twin."""
     # Without grid or size the module is incomplete (make_attention("region") builds
     # it); calling it says to give one.
     if a.grid is not None or a.size is not None:
@@ -118,7 +113,7 @@ class RegionAttention(nn.Module):
 MODES = ("parallel", "coarse_to_fine")
 
 
-class MultiScaleRegionAttention(nn.Module):
+class MultiScaleRegionAttention(CheckedModule):
   """Region attention over several grids, coarse to fine (e.g. 1x1, 2x2, 4x4, 8x8).
 
   `mode="parallel"`: region attention per grid (own scorer, aggregate "reassemble"), fused by learned softmax weights β over the scales:
@@ -151,14 +146,8 @@ class MultiScaleRegionAttention(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
-  def __post_init__(self):
-    self._check_attributes(self)
-    super().__post_init__()
-
   @staticmethod
   def _check_attributes(a) -> None:
-    """Checks the attributes `a.<name>` of this module, or the same-named arguments
-    of its NNX twin."""
     if (not isinstance(a.grids, Sequence) or isinstance(a.grids, (str, bytes))
         or not a.grids):
       raise TypeError(f"MultiScaleRegionAttention: grids must be a non-empty sequence of "

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from regionatt_jax import _checks
 from regionatt_jax import weighting
 from regionatt_jax.nn import functional
+from regionatt_jax.nn.checked import CheckedModule
 from regionatt_jax.nn.conv import Conv
 
 Dtype = Any
@@ -64,7 +65,7 @@ def pool_regions(regions, pool: str = "mean", dtype: Dtype | None = None):
   return features.astype(dtype if dtype is not None else regions.dtype)
 
 
-class PooledScorer(nn.Module):
+class PooledScorer(CheckedModule):
   """A scorer that sees each region only through `pool_regions(region, self.pool)`.
 
   Subclasses have a `pool` attribute and implement `score_pooled`, the scores of the
@@ -79,7 +80,7 @@ class PooledScorer(nn.Module):
     return functional.pooled_input(pooled, self.dtype, type(self).__name__)
 
 
-class AttentionScore(nn.Module):
+class AttentionScore(CheckedModule):
   """The attention score of attention-based MIL (Ilse et al., 2018) on embeddings.
 
   Plain: `s_k = w^T tanh(V h_k)`. Gated: `s_k = w^T (tanh(V h_k) * sigmoid(U h_k))`.
@@ -97,14 +98,8 @@ class AttentionScore(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
-  def __post_init__(self):
-    self._check_attributes(self)
-    super().__post_init__()
-
   @staticmethod
   def _check_attributes(a) -> None:
-    """Checks the attributes `a.<name>` of this module, or the same-named arguments
-    of its NNX twin."""
     _checks.integer(a.hidden, "AttentionScore: hidden")
     _checks.boolean(a.gated, "AttentionScore: gated")
     _checks.dtypes("AttentionScore", a.dtype, a.param_dtype)
@@ -140,14 +135,8 @@ class MLPScorer(PooledScorer):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
-  def __post_init__(self):
-    self._check_attributes(self)
-    super().__post_init__()
-
   @staticmethod
   def _check_attributes(a) -> None:
-    """Checks the attributes `a.<name>` of this module, or the same-named arguments
-    of its NNX twin."""
     _checks.positive_ints(a.hidden, "MLPScorer: hidden")
     _checks.choice(a.pool, "MLPScorer: pool", POOLINGS)
     _checks.dtypes("MLPScorer", a.dtype, a.param_dtype)
@@ -176,14 +165,8 @@ class GatedScorer(PooledScorer):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
-  def __post_init__(self):
-    self._check_attributes(self)
-    super().__post_init__()
-
   @staticmethod
   def _check_attributes(a) -> None:
-    """Checks the attributes `a.<name>` of this module, or the same-named arguments
-    of its NNX twin."""
     _checks.integer(a.hidden, "GatedScorer: hidden")
     _checks.choice(a.pool, "GatedScorer: pool", POOLINGS)
     _checks.dtypes("GatedScorer", a.dtype, a.param_dtype)
@@ -196,7 +179,7 @@ class GatedScorer(PooledScorer):
                           param_dtype=self.param_dtype, name="attention")(h)
 
 
-class ConvScorer(nn.Module):
+class ConvScorer(CheckedModule):
   """A small CNN applied to every region with shared weights, then mean pool and Dense 1.
 
   Attributes:
@@ -212,14 +195,8 @@ class ConvScorer(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
-  def __post_init__(self):
-    self._check_attributes(self)
-    super().__post_init__()
-
   @staticmethod
   def _check_attributes(a) -> None:
-    """Checks the attributes `a.<name>` of this module, or the same-named arguments
-    of its NNX twin."""
     _checks.positive_ints(a.features, "ConvScorer: features")
     _checks.integer(a.kernel_size, "ConvScorer: kernel_size")
     _checks.function(a.conv, "ConvScorer: conv", "a conv module class")
@@ -265,14 +242,8 @@ class RecurrentScorer(PooledScorer):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
-  def __post_init__(self):
-    self._check_attributes(self)
-    super().__post_init__()
-
   @staticmethod
   def _check_attributes(a) -> None:
-    """Checks the attributes `a.<name>` of this module, or the same-named arguments
-    of its NNX twin."""
     _checks.integer(a.hidden, "RecurrentScorer: hidden")
     _checks.choice(a.cell, "RecurrentScorer: cell", CELLS)
     _checks.boolean(a.bidirectional, "RecurrentScorer: bidirectional")
@@ -319,14 +290,8 @@ class SelfAttentionScorer(PooledScorer):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
-  def __post_init__(self):
-    self._check_attributes(self)
-    super().__post_init__()
-
   @staticmethod
   def _check_attributes(a) -> None:
-    """Checks the attributes `a.<name>` of this module, or the same-named arguments
-    of its NNX twin."""
     _checks.integer(a.embed_dim, "SelfAttentionScorer: embed_dim")
     _checks.integer(a.num_heads, "SelfAttentionScorer: num_heads")
     if a.embed_dim % a.num_heads:

@@ -343,8 +343,9 @@ def _shifted_weights(weights, layout):
 
 
 def _weighted_block_sum(x, weights, layout, mode):
-  """`aggregate(weight(partition(x), a), mode)` in one pass over `x`, for a grid or for
-  windows whose size is a multiple of their stride.
+  """`aggregate(weight(partition(x), a), mode)` reading `x` in place, for a grid (one
+  pass) or for windows whose size is a multiple of their stride (on XLA:CPU 2-4x the
+  grid's forward time, `_grid_sum`).
 
   Works on the free reshape of `x` into blocks and never materializes the regions, the
   weighted regions or a transposed copy: an einsum over the `(..., N, h, w, C)` regions

@@ -55,10 +55,11 @@ def test_every_row_gives_a_valid_config_and_model(smoke):
     spec = data.dataset_spec(config.dataset.name)
     model = ra_nn.build_model(config.model, spec.num_classes)
     assert type(model).__name__ == config.model.name
-  steps = {row.table: table.make_config(row, 0, data_dir="/data").train.steps
+  steps = {(row.table, row.steps): table.make_config(row, 0, data_dir="/data").train.steps
            for row in table.ROWS}
-  assert steps == {"cluttered": table.STEPS, "heavy": table.HEAVY_STEPS,
-                   "large": table.STEPS, "bags": table.BAG_STEPS}
+  assert steps == {("cluttered", None): table.STEPS, ("heavy", None): table.HEAVY_STEPS,
+                   ("large", None): table.STEPS, ("bags", None): table.BAG_STEPS,
+                   ("cluttered", table.ATTENTION_NET_STEPS): table.ATTENTION_NET_STEPS}
   assert table.STEPS >= 2000  # the main table trains for thousands of steps
 
 
@@ -271,6 +272,25 @@ def test_recorded_runs_of_the_current_budget_are_skipped_and_kept(tmp_path, monk
   assert document["summary"][plain.key]["test_accuracy"]["mean"] == 0.5
 
 
+def test_a_command_stopped_early_has_recorded_its_wall_clock(tmp_path, monkeypatch):
+  plain, region = table.CLUTTERED_ROWS[0], table.CLUTTERED_ROWS[2]
+  monkeypatch.setattr(run, "prepare_datasets", lambda *_: None)
+
+  def train_then_stop(row, seed, out, **_):
+    if row is region:
+      raise KeyboardInterrupt  # the command is stopped during its second run
+  monkeypatch.setattr(run, "run_one", train_then_stop)
+  args = argparse.Namespace(out=str(tmp_path), workers=0, data_dir="/data", smoke=False)
+  with pytest.raises(KeyboardInterrupt):
+    run.train_table([plain, region], "cmd", args)
+  [session] = run.read_sessions(str(tmp_path))
+  assert session["trained"] == 1 and session["command"] == "cmd"
+  assert session["runs"] == 2 * len(table.MAIN_SEEDS) and session["minutes"] >= 0
+  run.record_session(str(tmp_path), {**session, "trained": 2})  # replaced, not appended
+  assert [s["trained"] for s in run.read_sessions(str(tmp_path))] == [2]
+  assert "1 of 10 planned runs" in report._session_text([session])
+
+
 def test_a_run_of_out_wins_over_the_same_run_of_the_previous_document(tmp_path):
   plain = table.CLUTTERED_ROWS[0]
   previous = _document([_current(plain, 0, 0.5), _current(plain, 1, 0.6)])
@@ -438,7 +458,7 @@ def test_smoke_run_trains_measures_reports_and_resumes(tmp_path, capsys):
   assert ("| CBAM (residual) | residual SmallCNN, on the branch (published) | spatial |"
           in report)
   assert "| attention pooling | 50 |" in report
-  assert "Wall clock of the training command: " in report and "(4 runs, 2 workers" in report
+  assert "Wall clock of the training command: " in report and "(4 of 4 planned runs, 2 workers" in report
   figures = os.listdir(tmp_path / "runs" / "results")
   assert "attention_cluttered_region_mlp.png" in figures
   assert {"curves_cluttered.png", "curves_bags.png"} <= set(figures)

@@ -326,7 +326,7 @@ def build_document(out: str, command: str, previous: Mapping[str, Any] | None = 
   commands = [*filter(None, (line.strip() for line in earlier["command"].splitlines())),
               *_read_lines(os.path.join(out, run.COMMANDS_FILE))]
   sessions = [*earlier.get("sessions", []),
-              *(json.loads(line) for line in _read_lines(os.path.join(out, run.SESSIONS_FILE)))]
+              *run.read_sessions(out)]
   return {"generated": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}",
           "environment": environment(),
           "command": "\n    ".join(dict.fromkeys(commands)) or command,
@@ -360,8 +360,15 @@ def _session_text(sessions: Sequence[Mapping[str, Any]]) -> str:
   if not sessions:
     return ""
   return "Wall clock of the training command: " + ", then ".join(
-      f"{s['minutes']:.1f} min ({s['runs']} runs, {s['workers']} workers, started "
+      f"{s['minutes']:.1f} min ({_trained(s)} runs, {s['workers']} workers, started "
       f"{s['started']} UTC)" for s in sessions) + ". "
+
+
+def _trained(session: Mapping[str, Any]) -> str:
+  """How many runs a session trained: "n of planned" (older records: the planned)."""
+  if "trained" not in session:
+    return str(session["runs"])
+  return f"{session['trained']} of {session['runs']} planned"
 
 
 def write_report(document: Mapping[str, Any], *, out: str | None, results_md: str,

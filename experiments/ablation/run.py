@@ -18,8 +18,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -210,11 +211,13 @@ def _run_subprocess(row: table.Row, seed: int, args) -> int:
 
 
 def run_all(jobs: Sequence[tuple[table.Row, int]], args,
-            recorded: Sequence[Mapping[str, Any]] = ()) -> list[str]:
+            recorded: Sequence[Mapping[str, Any]] = (),
+            on_trained: Callable[[], None] = lambda: None) -> list[str]:
   """Runs the unfinished jobs, `args.workers` at a time; returns the failed ones.
 
   A job is finished when `args.out` holds its result, or `recorded` (result.json dicts
-  of an earlier document) one that `is_current`.
+  of an earlier document) one that `is_current`. `on_trained` is called after each run
+  this call trains (from the worker threads, one call at a time).
   """
   done = {(r["row"], r["seed"]) for r in recorded if is_current(r)}
   pending = [(row, seed) for row, seed in jobs if (row.key, seed) not in done
@@ -225,8 +228,10 @@ def run_all(jobs: Sequence[tuple[table.Row, int]], args,
   if args.workers == 0:  # In this process: the smoke test's way, no start-up per run.
     for row, seed in pending:
       run_one(row, seed, args.out, data_dir=args.data_dir, smoke=args.smoke)
+      on_trained()
     return failed
   start = time.time()
+  lock = threading.Lock()
 
   def job(row_seed):
     row, seed = row_seed
@@ -237,6 +242,8 @@ def run_all(jobs: Sequence[tuple[table.Row, int]], args,
     status = {0: "done", SKIPPED: "skipped (another process is running it)"}.get(
         status, f"FAILED (see {run_dir(args.out, row, seed)}/log.txt)")
     print(f"[{time.time() - start:7.0f}s] {row.key} seed {seed}: {status}", flush=True)
+    with lock:
+      on_trained()
     return ok
 
   with concurrent.futures.ThreadPoolExecutor(args.workers) as pool:
@@ -259,19 +266,42 @@ def train_table(rows: Sequence[table.Row], command: str, args,
   """Trains every (row, seed) of `jobs_of(rows)` not yet finished in `args.out` or
   `recorded` (`run_all`); returns the failed runs.
 
-  Records `command` in `<out>/commands.txt` and its wall clock in `sessions.jsonl`.
+  Records `command` in `<out>/commands.txt` and its wall clock in `sessions.jsonl`,
+  updated after every run it trains, so that a command stopped early has its record too.
   """
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, COMMANDS_FILE), "a") as f:
     f.write(command + "\n")
   jobs = jobs_of(rows, args.smoke)
   started = datetime.datetime.now(datetime.timezone.utc)
+  session = {"command": command, "started": f"{started:%Y-%m-%d %H:%M}", "minutes": 0.0,
+             "runs": len(jobs), "trained": 0, "workers": args.workers}
+
+  def on_trained():
+    session["trained"] += 1
+    session["minutes"] = (datetime.datetime.now(datetime.timezone.utc)
+                          - started).total_seconds() / 60
+    record_session(args.out, session)
+
   prepare_datasets(rows, args.data_dir, args.smoke)
-  failed = run_all(jobs, args, recorded)
-  with open(os.path.join(args.out, SESSIONS_FILE), "a") as f:
-    f.write(json.dumps({
-        "command": command, "started": f"{started:%Y-%m-%d %H:%M}",
-        "minutes": (datetime.datetime.now(datetime.timezone.utc)
-                    - started).total_seconds() / 60,
-        "runs": len(jobs), "workers": args.workers}) + "\n")
-  return failed
+  return run_all(jobs, args, recorded, on_trained)
+
+
+def read_sessions(out: str) -> list[dict[str, Any]]:
+  """The session records of `<out>/sessions.jsonl` (none if it does not exist)."""
+  path = os.path.join(out, SESSIONS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def record_session(out: str, session: Mapping[str, Any]) -> None:
+  """Writes `session` into `<out>/sessions.jsonl`, replacing the record of the same
+  command and start; the file is replaced whole, so a kill leaves the old or the new."""
+  key = lambda s: (s["started"], s["command"])
+  sessions = [s for s in read_sessions(out) if key(s) != key(session)] + [dict(session)]
+  path = os.path.join(out, SESSIONS_FILE)
+  with open(path + ".tmp", "w") as f:
+    f.writelines(json.dumps(s) + "\n" for s in sessions)
+  os.replace(path + ".tmp", path)

@@ -138,13 +138,17 @@ def _jax_op_rows(batch: int, size: dict) -> list[dict]:
   }
   rows = []
   for form, forward in attend.items():
-    def forward_backward(x, params, forward=forward):
-      return jax.grad(lambda x, p: jnp.sum(forward(x, p) * cotangent), argnums=(0, 1))(
-          x, params)
+    # The loss value too, as torch's backward computes it: with the gradients alone,
+    # XLA drops the weighted sum `y`, which a fixed cotangent makes dead code. The
+    # cotangent is an argument: closed over, jit would embed it as a constant.
+    def forward_backward(x, params, cotangent, forward=forward):
+      return jax.value_and_grad(lambda x, p: jnp.sum(forward(x, p) * cotangent),
+                                argnums=(0, 1))(x, params)
 
-    for kind, fn in (("forward", forward), ("forward_backward", forward_backward)):
-      compiled, compile_times = timing.jax_timed_compile(fn, x, params)
-      measured = timing.median_ms(lambda: jax.block_until_ready(compiled(x, params)),
+    for kind, fn, args in (("forward", forward, (x, params)),
+                           ("forward_backward", forward_backward, (x, params, cotangent))):
+      compiled, compile_times = timing.jax_timed_compile(fn, *args)
+      measured = timing.median_ms(lambda: jax.block_until_ready(compiled(*args)),
                                   size["warmup"], size["iters"])
       rows.append(dict(kind=kind, form=form, **compile_times, **measured))
   return rows

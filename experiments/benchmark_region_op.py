@@ -19,6 +19,7 @@ element of x: the table of no cliff at many regions.
     python -m experiments.benchmark_region_op            # full sizes (~1 min)
   python -m experiments.benchmark_region_op --scaling    # the scaling table
   python -m experiments.benchmark_region_op --quick      # tiny sizes, seconds (CI)
+  python -m experiments.benchmark_region_op --profile    # per HLO instruction
 
 (`python -m experiments.timing` prints the tuned allocator setting of every benchmark.)
 """
@@ -32,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import hlo_profile
 from experiments import timing
 import regionatt_jax as ra
 
@@ -90,15 +92,14 @@ def op_forms(params, **layout):
   }
 
 
-def time_op(forward, params_and_x, repeats, cotangent="fixed"):
-  """`(forward ms, forward+backward ms, compile s of forward+backward)` of `forward(x)`,
-  differentiated w.r.t. x and the parameters it closes over through `params_and_x`.
+def jitted_op(forward, params, x, cotangent="fixed"):
+  """`(fwd, fwd_bwd, args)`: `forward(params)(x)` jitted, and its value and gradient
+  w.r.t. the parameters and x jitted, called as `fwd(*args[:2])`, `fwd_bwd(*args)`.
 
   `cotangent`: the output's gradient: `"fixed"` (a random array, as a model's next layer
   gives: the op's own cost) or `"square"` (of `sum(y ** 2)`: it depends on `y`
   elementwise, which lets XLA fuse the forward sum into the backward's loops).
   """
-  params, x = params_and_x
   fwd = jax.jit(lambda params, x: forward(params)(x))
   shape = jax.eval_shape(fwd, params, x)
   # An argument, not a closed-over array, which jit would embed as a constant.
@@ -107,9 +108,34 @@ def time_op(forward, params_and_x, repeats, cotangent="fixed"):
           "square": lambda y, _: jnp.sum(y ** 2)}[cotangent]
   fwd_bwd = jax.jit(jax.value_and_grad(
       lambda params, x, fixed: loss(forward(params)(x), fixed), argnums=(0, 1)))
-  compile_s = compile_seconds(fwd_bwd, params, x, fixed)
-  return (median_seconds(fwd, params, x, repeats=repeats) * 1e3,
-          median_seconds(fwd_bwd, params, x, fixed, repeats=repeats) * 1e3, compile_s)
+  return fwd, fwd_bwd, (params, x, fixed)
+
+
+def time_op(forward, params_and_x, repeats, cotangent="fixed"):
+  """`(forward ms, forward+backward ms, compile s of forward+backward)` of `forward(x)`
+  (`jitted_op`)."""
+  fwd, fwd_bwd, args = jitted_op(forward, *params_and_x, cotangent)
+  compile_s = compile_seconds(fwd_bwd, *args)
+  return (median_seconds(fwd, *args[:2], repeats=repeats) * 1e3,
+          median_seconds(fwd_bwd, *args, repeats=repeats) * 1e3, compile_s)
+
+
+def profile_case(shape, grid, repeats, cotangent="fixed"):
+  """Prints where the pooled op's forward+backward spends its time on `x` of `shape`:
+  per HLO instruction, time, bytes and passes (`experiments.hlo_profile`)."""
+  key_x, key_p = jax.random.split(jax.random.key(0))
+  x = jax.random.normal(key_x, shape, jnp.float32)
+  pass_ms = x.nbytes / (copy_bandwidth(x, repeats) * 1e9) * 1e3
+  _, fwd_bwd, args = jitted_op(lambda p: op_forms(p, grid=grid)["pooled"],
+                               random_params(key_p, shape[-1]), x, cotangent)
+  total_ms = median_seconds(fwd_bwd, *args, repeats=repeats) * 1e3
+  rows = hlo_profile.profile(fwd_bwd, *args, calls=repeats)
+  print(f"x {shape} ({x.nbytes / 2**20:.0f} MiB), grid {grid}, cotangent {cotangent}: "
+        f"fwd+bwd {total_ms:.2f} ms = {total_ms / pass_ms:.1f} passes "
+        f"(one pass {pass_ms:.2f} ms)")
+  print("\n".join(hlo_profile.format_profile(rows, total_ms, pass_ms)), flush=True)
+  return {"shape": shape, "grid": grid, "cotangent": cotangent, "pass_ms": pass_ms,
+          "fwd_bwd_ms": total_ms, "instructions": rows}
 
 
 def random_params(key, channels):
@@ -231,7 +257,10 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=None, help="timed runs per figure")
   parser.add_argument("--json", default=None, help="also write the rows to this file")
   parser.add_argument("--cotangent", choices=("fixed", "square"), default="fixed",
-                      help="the output's gradient in forward+backward (see `time_op`)")
+                      help="the output's gradient in forward+backward (see `jitted_op`)")
+  parser.add_argument("--profile", action="store_true",
+                      help="per HLO instruction of the pooled op's forward+backward: "
+                           "time, bytes, passes")
   args = parser.parse_args(argv)
   cases = QUICK_CASES if args.quick else FULL_CASES
   repeats = args.repeats or (3 if args.quick else 21)
@@ -250,6 +279,9 @@ def main(argv=None):
     return rows
   rows = []
   for shape, grid in cases:
+    if args.profile:
+      rows.append(profile_case(shape, grid, repeats, args.cotangent))
+      continue
     rows.append(run_case(shape, grid, repeats, args.cotangent))
     print(format_row(rows[-1]), flush=True)
   if args.json:

@@ -375,6 +375,21 @@ def _weighted_block_sum(x, weights, layout, mode):
   return total.astype(x.dtype)
 
 
+def _reduce_block_pixels(blocks, reduce):
+  """`reduce` (a mean or max) over each block's pixels: `(..., bh, sh, bw, sw, C)` ->
+  `(..., bh, bw, C)`.
+
+  On XLA:CPU in two steps, the rows first: reducing the `sh` rows of a block row is an
+  elementwise pass over rows of `bw * sw * C` contiguous values, and the second step
+  reads `1 / sh` of the image. One reduction over both pixel axes took 1.5x as long
+  ((128, 64, 64, 64), 4x4 grid: 12.5 against 8.3 ms, measured on XLA:CPU, 2 cores,
+  idle). Not measured on GPU or TPU, which get XLA's one reduction.
+  """
+  one_step = lambda blocks: reduce(blocks, axis=(-4, -2))
+  two_steps = lambda blocks: reduce(reduce(blocks, axis=-4), axis=-2)
+  return jax.lax.platform_dependent(blocks, cpu=two_steps, default=one_step)
+
+
 def _pooled_blocks(x, layout, pool):
   """`pool` of every region, from the blocks: `(..., H, W, C)` -> `(..., N, C')`, dtype of `x`.
 
@@ -390,7 +405,7 @@ def _pooled_blocks(x, layout, pool):
   (gh, gw) = layout.counts
   parts = []
   for reduce in _pool_reductions(pool):
-    per_block = reduce(blocks, axis=(-4, -2))  # (..., bh, bw, C)
+    per_block = _reduce_block_pixels(blocks, reduce)  # (..., bh, bw, C)
     if (mh, mw) != (1, 1):
       per_block = reduce(jnp.stack([per_block[..., u:u + gh, v:v + gw, :]
                                     for u in range(mh) for v in range(mw)]), axis=0)

@@ -6,11 +6,15 @@ import pathlib
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from experiments import benchmark
 from experiments import benchmark_conv
 from experiments import benchmark_region_op
+from experiments import hlo_profile
 from experiments import timing
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -78,6 +82,44 @@ def test_region_op_scaling_quick():
   assert [(r["layout"], r["regions"]) for r in rows] == [
       ("grid", 4), ("windows", 9), ("grid", 16), ("windows", 49)]
   assert all(r["fwd_passes"] > 0 and r["fwd_bwd_ns"] > 0 for r in rows)
+
+
+def test_hlo_bytes_of_arrays_tuples_and_entry_instructions():
+  assert hlo_profile.type_bytes("f32[2,3]{1,0}") == 24
+  assert hlo_profile.type_bytes("(f32[], bf16[4,5]{1,0}, pred[7])") == 4 + 40 + 7
+  text = """HloModule m
+
+ENTRY %main (p: f32[8,4], q: f32[4]) -> f32[8] {
+  %p = f32[8,4]{1,0} parameter(0)
+  %q = f32[4]{0} parameter(1)
+  %b = f32[32]{0} bitcast(%p)
+  %fusion = f32[8]{0} fusion(%p, %q), kind=kLoop, calls=%fused
+  ROOT %dot.1 = (f32[8]{0}, s32[2]{0}) dot(%fusion, %b), lhs_contracting_dims={0}
+}
+"""
+  assert hlo_profile.entry_instructions(text) == {
+      "fusion": {"opcode": "fusion", "kind": "kLoop", "out_bytes": 32, "in_bytes": 128 + 16},
+      "dot.1": {"opcode": "dot", "kind": "dot", "out_bytes": 40, "in_bytes": 32 + 128}}
+
+
+def test_hlo_profile_times_the_instructions_that_ran():
+  x = jnp.ones((256, 256), jnp.float32)
+  rows = hlo_profile.profile(jax.jit(lambda x: jnp.sin(x) * 2), x, calls=3)
+  # One elementwise fusion reads and writes x once, three times.
+  assert [(r["kind"], r["in_bytes"], r["out_bytes"], r["runs"]) for r in rows] == [
+      ("kLoop", x.nbytes, x.nbytes, 3)]
+  assert rows[0]["ms"] > 0
+  lines = hlo_profile.format_profile(rows, total_ms=2 * rows[0]["ms"], pass_ms=rows[0]["ms"])
+  assert "50.0%" in lines[1] and "1.00" in lines[1]
+
+
+def test_region_op_profile_quick():
+  (row,) = benchmark_region_op.main(["--quick", "--profile", "--repeats", "2"])
+  x_bytes = 4 * np.prod(row["shape"])
+  assert row["fwd_bwd_ms"] > 0 and row["pass_ms"] > 0
+  # Forward+backward reads x (pooling, weighted sum, weights' gradient) and writes dx.
+  assert any(r["in_bytes"] >= x_bytes for r in row["instructions"])
+  assert any(r["out_bytes"] == x_bytes for r in row["instructions"])
 
 
 def _run_quick(module: str, out_dir) -> str:

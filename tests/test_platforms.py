@@ -93,6 +93,18 @@ def test_region_sum_is_unrolled_on_cpu_only(platform):
     assert slices == 0 and _count(text, "reduce") > 0
 
 
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_region_means_reduce_rows_first_on_cpu_only(platform):
+  x = jax.ShapeDtypeStruct((2, 8, 8, 3), jnp.float32)
+  score = lambda pooled: pooled.sum(-1)
+  fn = jax.jit(lambda x: ra.region_attention(x, score, grid=(4, 4), pool="mean")[0])
+  text = export.export(fn, platforms=(platform,))(x).mlir_module()
+  # The pooling reduces the blocks (2, 4, 2, 4, 2, 3) over their pixel axes, 2 and 4.
+  both_axes = re.findall(r"across dimensions = \[2, 4\] : \(tensor<2x4x2x4x2x3xf32>", text)
+  rows_first = re.findall(r"across dimensions = \[2\] : \(tensor<2x4x2x4x2x3xf32>", text)
+  assert (len(both_axes), len(rows_first)) == ((0, 1) if platform == "cpu" else (1, 0))
+
+
 @pytest.mark.parametrize("function", ["train_step", "predict"])
 @pytest.mark.parametrize("platforms", [(p,) for p in PLATFORMS] + [PLATFORMS])
 def test_nothing_is_cpu_only(function, platforms):

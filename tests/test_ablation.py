@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import timing
 from experiments.ablation import __main__ as cli
 from experiments.ablation import measure
 from experiments.ablation import report
@@ -288,7 +289,8 @@ def test_a_command_stopped_early_has_recorded_its_wall_clock(tmp_path, monkeypat
   assert session["runs"] == 2 * len(table.MAIN_SEEDS) and session["minutes"] >= 0
   run.record_session(str(tmp_path), {**session, "trained": 2})  # replaced, not appended
   assert [s["trained"] for s in run.read_sessions(str(tmp_path))] == [2]
-  assert "1 of 10 planned runs" in report._session_text([session])
+  assert f"1 of 10 planned runs, 0 workers, {timing.cpu_name()}, started" in (
+      report._session_text([session]))
 
 
 def test_a_run_of_out_wins_over_the_same_run_of_the_previous_document(tmp_path):

@@ -360,8 +360,9 @@ def _session_text(sessions: Sequence[Mapping[str, Any]]) -> str:
   if not sessions:
     return ""
   return "Wall clock of the training command: " + ", then ".join(
-      f"{s['minutes']:.1f} min ({_trained(s)} runs, {s['workers']} workers, started "
-      f"{s['started']} UTC)" for s in sessions) + ". "
+      f"{s['minutes']:.1f} min ({_trained(s)} runs, {s['workers']} workers"
+      f"{', ' + s['cpu'] if 'cpu' in s else ''}, started {s['started']} UTC)"
+      for s in sessions) + ". "
 
 
 def _trained(session: Mapping[str, Any]) -> str:

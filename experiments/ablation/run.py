@@ -275,7 +275,8 @@ def train_table(rows: Sequence[table.Row], command: str, args,
   jobs = jobs_of(rows, args.smoke)
   started = datetime.datetime.now(datetime.timezone.utc)
   session = {"command": command, "started": f"{started:%Y-%m-%d %H:%M}", "minutes": 0.0,
-             "runs": len(jobs), "trained": 0, "workers": args.workers}
+             "runs": len(jobs), "trained": 0, "workers": args.workers,
+             "cpu": timing.cpu_name()}
 
   def on_trained():
     session["trained"] += 1

@@ -435,9 +435,10 @@ def region_attention(x, score_fn: ScoreFn, grid=None, *, size=None, stride=None,
     pool: None (`score_fn` sees whole regions), or `"mean"`, `"max"` or `"meanmax"`:
       `score_fn` sees each region only through `pool(region)`, `(..., N, C')` in the
       dtype of `x` with `C' = 2C` for `"meanmax"`. On a grid the pooling reads the
-      image in place, and forward plus backward pass over `x` four times (five with a
-      max): pooling, weighted sum, one fused pass writing `dx`, one reduction for the
-      weights' gradient.
+      image in place, and forward plus backward read `x` three times and write `dx`
+      once: pooling, weighted sum, one reduction for the weights' gradient, one fused
+      pass writing `dx` (on XLA:CPU each read by a reduction takes 2-4x the time of a
+      copy of `x`: BENCHMARKS.md, "Passes over x").
 
   Windows whose size is a multiple of their stride (e.g. stride half the size) are
   pooled and summed from the blocks of the stride's size they are made of, reading the

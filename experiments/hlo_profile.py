@@ -77,7 +77,7 @@ def entry_instructions(hlo_text: str) -> dict[str, dict[str, Any]]:
 def thunk_durations(fn: Callable[..., Any], args: Sequence[Any], calls: int
                     ) -> dict[str, list[float]]:
   """Durations (ms) of each named profiler event over `calls` calls of `fn(*args)`."""
-  jax.block_until_ready(fn(*args))  # compiled and warm before tracing
+  jax.block_until_ready(fn(*args))  # warm before tracing
   with tempfile.TemporaryDirectory() as directory:
     with jax.profiler.trace(directory, create_perfetto_trace=True):
       for _ in range(calls):
@@ -106,8 +106,10 @@ def profile(fn: Callable[..., Any], *args: Any, calls: int = 5) -> list[dict[str
     `in_bytes`, `out_bytes`, `ms` (median duration), `runs` (events found; `calls`
     unless the instruction runs more than once a call).
   """
-  instructions = entry_instructions(fn.lower(*args).compile().as_text())
-  durations = thunk_durations(fn, args, calls)
+  # One executable both read and timed: its instruction names are the events' names.
+  compiled = fn.lower(*args).compile()
+  instructions = entry_instructions(compiled.as_text())
+  durations = thunk_durations(compiled, args, calls)
   rows = [{"name": name, **info, "ms": float(np.median(durations[name])),
            "runs": len(durations[name])}
           for name, info in instructions.items() if durations.get(name)]

@@ -460,7 +460,8 @@ def test_smoke_run_trains_measures_reports_and_resumes(tmp_path, capsys):
   assert ("| CBAM (residual) | residual SmallCNN, on the branch (published) | spatial |"
           in report)
   assert "| attention pooling | 50 |" in report
-  assert "Wall clock of the training command: " in report and "(4 of 4 planned runs, 2 workers" in report
+  assert "Wall clock of the training command: " in report
+  assert "(4 of 4 planned runs, 2 workers" in report
   figures = os.listdir(tmp_path / "runs" / "results")
   assert "attention_cluttered_region_mlp.png" in figures
   assert {"curves_cluttered.png", "curves_bags.png"} <= set(figures)

@@ -217,7 +217,8 @@ def run_all(jobs: Sequence[tuple[table.Row, int]], args,
 
   A job is finished when `args.out` holds its result, or `recorded` (result.json dicts
   of an earlier document) one that `is_current`. `on_trained` is called after each run
-  this call trains (from the worker threads, one call at a time).
+  this call starts has ended, finished or failed (from the worker threads, one call at a
+  time).
   """
   done = {(r["row"], r["seed"]) for r in recorded if is_current(r)}
   pending = [(row, seed) for row, seed in jobs if (row.key, seed) not in done

@@ -4,6 +4,7 @@ attention map, and reject bad configuration at init."""
 import functools
 
 import flax.linen as nn
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +12,7 @@ import optax
 import pytest
 
 import regionatt_jax.nn as rn
+import regionatt_jax.nnx as rx
 
 
 def _overfit(model, x, labels, steps, learning_rate=1e-2, **call_kwargs):
@@ -166,6 +168,32 @@ def test_small_cnn_stage_attention_gates_the_path_or_only_the_residual_branch(pl
                           + shortcut["bias"], 0)
     assert np.abs(expected).max() > 0.1
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def _centre_input_gradient(apply, x):
+  """`|d out[0, 2, 2, :].sum() / d x|` summed over channels: `(H, W)`."""
+  return np.abs(np.asarray(jax.grad(lambda x: apply(x)[0, 2, 2].sum())(x)))[0].sum(-1)
+
+
+def test_residual_small_cnn_sees_neighbouring_pixels_at_init():
+  """A residual SmallCNN has no stem before its blocks: with branches that start at 0
+  (a ResNet block's default, `zero_init_last`), its first stage at init would be a 1x1
+  conv, blind to the neighbours of a pixel. Its branches start at scale 1, so it sees
+  them (through two 3x3 convs: a 5x5 window), in Linen and in NNX."""
+  x = jax.random.normal(jax.random.key(0), (1, 5, 5, 3))
+  model = rn.SmallCNN(features=(4,), placement="residual")
+  variables = model.init(jax.random.key(1), x)
+  twin = rx.SmallCNN(3, features=(4,), placement="residual", rngs=nnx.Rngs(1))
+  for apply in (lambda x: model.apply(variables, x), lambda x: twin(x, train=False)):
+    grad = _centre_input_gradient(apply, x)
+    assert grad[2, 2] > 0 and min(grad[1, 2], grad[2, 1], grad[3, 2], grad[2, 3]) > 0
+
+  norm = functools.partial(nn.BatchNorm, use_running_average=True)
+  block = rn.BasicBlock(4, 1, None, nn.Conv, norm)  # zero_init_last=True
+  block_variables = block.init(jax.random.key(1), x, False)
+  grad = _centre_input_gradient(lambda x: block.apply(block_variables, x, False), x)
+  assert grad[2, 2] > 0
+  np.testing.assert_array_equal(np.delete(grad.ravel(), 2 * 5 + 2), 0)
 
 
 def test_small_cnn_default_placement_keeps_its_parameter_names():

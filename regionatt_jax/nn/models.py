@@ -124,7 +124,11 @@ class SmallCNN(CheckedModule):
   attention, so the attention gates the network's only signal path. `"residual"`: each
   stage is a `BasicBlock` (conv-BN-ReLU-conv-BN, attention on that branch before the
   add, identity or 1x1-conv shortcut, ReLU), the placement of SE-ResNet and the CBAM
-  paper. With the default (32, 64, 128) a 64x64 input leaves a 16x16x128 feature map.
+  paper. Its branches' last BatchNorm scale starts at 1 (torchvision's default), not
+  0: there is no stem conv before the blocks, so zero-initialized branches would make
+  the initial network 1x1 convolutions and max pools, with no spatial filter (so
+  trained on cluttered digits, it stayed at chance for 150 to 1,000 steps). With the
+  default (32, 64, 128) a 64x64 input leaves a 16x16x128 feature map.
 
   Attributes:
     features: width of each stage.
@@ -168,7 +172,8 @@ class SmallCNN(CheckedModule):
     def stage(i: int, width: int):
       if self.placement == "residual":
         return functools.partial(
-            BasicBlock(width, 1, attention, conv, norm, name=f"block_{i}"), train=train)
+            BasicBlock(width, 1, attention, conv, norm, zero_init_last=False,
+                       name=f"block_{i}"), train=train)
       stage_conv = conv(width, (3, 3), padding="SAME", use_bias=not self.batch_norm,
                         name=f"conv_{i}")
       stage_norm = norm(name=f"bn_{i}") if self.batch_norm else None
@@ -186,6 +191,11 @@ class SmallCNN(CheckedModule):
 _PAD_3X3 = ((1, 1), (1, 1))
 
 
+def last_norm_kwargs(zero_init_last: bool) -> dict[str, Any]:
+  """BatchNorm kwargs of a residual branch's last norm: a zero scale, or the default."""
+  return {"scale_init": nn.initializers.zeros} if zero_init_last else {}
+
+
 class _Block(nn.Module):
   """What the residual blocks share: the fields, and the end of the block.
 
@@ -200,13 +210,21 @@ class _Block(nn.Module):
     attention: builds the attention module from its name (None: no attention).
     conv: conv class with the model's dtypes.
     norm: BatchNorm class with the model's dtypes and mode.
+    zero_init_last: the branch's last BatchNorm scale starts at 0, so that the block
+      starts as its shortcut (Goyal et al. 2017; torchvision's `zero_init_residual=True`,
+      timm's `zero_init_last`); else at 1 (torchvision's default).
   """
   planes: int
   strides: int = 1
   attention: Callable[[str], nn.Module | None] | None = None
   conv: ModuleDef = Conv
   norm: ModuleDef = nn.BatchNorm
+  zero_init_last: bool = True
   expansion: ClassVar[int] = 1
+
+  def _last_norm(self, name: str) -> nn.Module:
+    """The branch's last BatchNorm (see `zero_init_last`)."""
+    return self.norm(name=name, **last_norm_kwargs(self.zero_init_last))
 
   def _residual_sum(self, x, branch, train: bool):
     """relu(shortcut(x) + attention(branch))."""
@@ -219,11 +237,7 @@ class _Block(nn.Module):
 
 
 class BasicBlock(_Block):
-  """torchvision's `BasicBlock`: conv3x3(stride)-BN-ReLU-conv3x3-BN, attention, + shortcut, ReLU.
-
-  The last BatchNorm's scale starts at 0, so each block starts as the identity
-  (Goyal et al. 2017; torchvision's `zero_init_residual=True`).
-  """
+  """torchvision's `BasicBlock`: conv3x3(stride)-BN-ReLU-conv3x3-BN, attention, + shortcut, ReLU."""
   expansion: ClassVar[int] = 1
 
   @nn.compact
@@ -234,16 +248,13 @@ class BasicBlock(_Block):
     y = nn.relu(self.norm(name="bn1")(y))
     y = self.conv(self.planes, (3, 3), padding=_PAD_3X3, use_bias=False,
                   name="conv2")(y)
-    y = self.norm(name="bn2", scale_init=nn.initializers.zeros)(y)
+    y = self._last_norm("bn2")(y)
     return self._residual_sum(x, y, train)
 
 
 class Bottleneck(_Block):
   """torchvision's `Bottleneck` (ResNet v1.5, stride on the 3x3 conv): conv1x1-BN-ReLU,
-  conv3x3(stride)-BN-ReLU, conv1x1 to `4 * planes`-BN, attention, + shortcut, ReLU.
-
-  The last BatchNorm's scale starts at 0, as in `BasicBlock`.
-  """
+  conv3x3(stride)-BN-ReLU, conv1x1 to `4 * planes`-BN, attention, + shortcut, ReLU."""
   expansion: ClassVar[int] = 4
 
   @nn.compact
@@ -255,7 +266,7 @@ class Bottleneck(_Block):
                   padding=_PAD_3X3, use_bias=False, name="conv2")(y)
     y = nn.relu(self.norm(name="bn2")(y))
     y = self.conv(self.planes * self.expansion, (1, 1), use_bias=False, name="conv3")(y)
-    y = self.norm(name="bn3", scale_init=nn.initializers.zeros)(y)
+    y = self._last_norm("bn3")(y)
     return self._residual_sum(x, y, train)
 
 

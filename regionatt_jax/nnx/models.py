@@ -111,7 +111,7 @@ class SmallCNN(nnx.Module):
     for i, (width_in, width) in enumerate(zip(widths, widths[1:])):
       if placement == "residual":
         setattr(self, f"block_{i}", BasicBlock(width_in, width, 1, stage_attention(width),
-                                               conv, norm))
+                                               conv, norm, zero_init_last=False))
         continue
       setattr(self, f"conv_{i}", conv(width_in, width, (3, 3), padding="SAME",
                                       use_bias=not batch_norm))
@@ -140,7 +140,8 @@ class _Block(nnx.Module):
   """What the residual blocks share; see `regionatt_jax.nn.models._Block`.
 
   Subclasses build their branch, then call `_shortcut`; the stage attention is the
-  block's submodule `attention`, as in Linen.
+  block's submodule `attention`, as in Linen. `zero_init_last`: the branch's last
+  BatchNorm scale starts at 0 (the default) or 1, as in Linen.
   """
   expansion: ClassVar[int] = 1
 
@@ -166,12 +167,12 @@ class BasicBlock(_Block):
   expansion: ClassVar[int] = 1
 
   def __init__(self, in_features: int, planes: int, strides: int, attention, conv: ConvDef,
-               norm: Callable[..., nnx.BatchNorm]):
+               norm: Callable[..., nnx.BatchNorm], zero_init_last: bool = True):
     self.conv1 = conv(in_features, planes, (3, 3), (strides, strides), padding=_PAD_3X3,
                       use_bias=False)
     self.bn1 = norm(planes)
     self.conv2 = conv(planes, planes, (3, 3), padding=_PAD_3X3, use_bias=False)
-    self.bn2 = norm(planes, scale_init=nn.initializers.zeros)
+    self.bn2 = norm(planes, **linen_models.last_norm_kwargs(zero_init_last))
     self._shortcut(in_features, planes, strides, attention, conv, norm)
 
   def __call__(self, x, train: bool | None = None):
@@ -186,14 +187,14 @@ class Bottleneck(_Block):
   expansion: ClassVar[int] = 4
 
   def __init__(self, in_features: int, planes: int, strides: int, attention, conv: ConvDef,
-               norm: Callable[..., nnx.BatchNorm]):
+               norm: Callable[..., nnx.BatchNorm], zero_init_last: bool = True):
     self.conv1 = conv(in_features, planes, (1, 1), use_bias=False)
     self.bn1 = norm(planes)
     self.conv2 = conv(planes, planes, (3, 3), (strides, strides), padding=_PAD_3X3,
                       use_bias=False)
     self.bn2 = norm(planes)
     self.conv3 = conv(planes, planes * self.expansion, (1, 1), use_bias=False)
-    self.bn3 = norm(planes * self.expansion, scale_init=nn.initializers.zeros)
+    self.bn3 = norm(planes * self.expansion, **linen_models.last_norm_kwargs(zero_init_last))
     self._shortcut(in_features, planes, strides, attention, conv, norm)
 
   def __call__(self, x, train: bool | None = None):

@@ -416,7 +416,9 @@ def write_report(document: Mapping[str, Any], *, out: str | None, results_md: st
       "placement. Residual SmallCNN (`placement=residual`): each stage a residual block "
       "(conv-BN-ReLU-conv-BN, identity or 1x1 shortcut), the attention on the branch "
       "before the add, as in SE-ResNet, the CBAM paper and coordinate attention's "
-      "networks. Every attention row is compared with the plain CNN of its own backbone. "
+      "networks; the branch's last BatchNorm starts at scale 1 (with no stem conv, "
+      "branches started at 0 leave a network of 1x1 convolutions at initialization: "
+      "`docs/modules.md`). Every attention row is compared with the plain CNN of its own backbone. "
       "AttentionNet is the seed network with BatchNorm on its pooled features "
       "(`docs/attention_net.md` says why).\n",
       "**Comparisons.** Mean ± sample std over seeds. A gain is paired: per seed, the row "

@@ -180,11 +180,9 @@ def test_learning_curve_reads_the_validation_records_in_order(tmp_path):
 def _instance_hits_loop(weights, mask, labels, target):
   hits = []
   for w, m, l in zip(weights, mask, labels):
-    best, best_i = -np.inf, None
-    for i in range(len(w)):
-      if m[i] and w[i] > best:
-        best, best_i = w[i], i
-    hits.append(l[best_i] == target)
+    best = max(w[i] for i in range(len(w)) if m[i])
+    tied = [i for i in range(len(w)) if m[i] and w[i] == best]
+    hits.append(sum(l[i] == target for i in tied) / len(tied))
   return np.array(hits)
 
 
@@ -194,8 +192,13 @@ def test_instance_hits_ignore_padding_and_match_loop_reference():
   mask = np.arange(7)[None] < rng.integers(1, 8, size=(50, 1))
   labels = rng.integers(0, 10, size=(50, 7))
   weights[~mask] = 10.0  # padding holds the largest weights and must not count
-  np.testing.assert_array_equal(measure.instance_hits(weights, mask, labels, 9),
-                                _instance_hits_loop(weights, mask, labels, 9))
+  weights[:10] = 1 / 7  # uniform weights (mean pooling): every real instance ties
+  weights[10:20, :2] = 2.0  # two tied maxima
+  hits = measure.instance_hits(weights, mask, labels, 9)
+  np.testing.assert_allclose(hits, _instance_hits_loop(weights, mask, labels, 9))
+  # Uniform weights score the bag's fraction of targets, not whether instance 0 is one.
+  np.testing.assert_allclose(hits[:10], [np.mean(l[m] == 9) for l, m in zip(labels[:10],
+                                                                             mask[:10])])
 
 
 def test_claim_skips_runs_held_by_live_processes_and_takes_over_dead_ones(tmp_path):
@@ -470,6 +473,15 @@ def test_smoke_run_trains_measures_reports_and_resumes(tmp_path, capsys):
   # A second call finds every run finished and trains nothing.
   assert cli.main(args) == 0
   assert "4 of 4 runs already finished; running 0" in capsys.readouterr().out
+  # --remeasure measures the finished runs again from their checkpoints, keeps the rest.
+  bag_result = tmp_path / "runs" / "bags_attention_pooling_n50" / "seed_0" / "result.json"
+  bag_result.write_text(json.dumps({**bags, "instance_localization": -1.0, "test_auc": -1.0}))
+  assert cli.main(args + ["--remeasure"]) == 0
+  assert "measured 4 finished runs again" in capsys.readouterr().out
+  remeasured = json.loads(bag_result.read_text())
+  assert remeasured["instance_localization"] == bags["instance_localization"]
+  assert remeasured["test_auc"] == bags["test_auc"]
+  assert remeasured == bags
 
 
 def test_pointing_ceiling_points_at_the_centre_of_the_region_holding_the_box_centre():

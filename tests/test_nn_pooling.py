@@ -55,6 +55,25 @@ def test_mean_and_max_pool_only_valid_instances():
   np.testing.assert_allclose(w_mean, MASK / MASK.sum(-1, keepdims=True), rtol=1e-6)
 
 
+def test_max_pool_splits_a_feature_among_the_instances_that_reach_its_max():
+  # ReLU embeddings: features that are 0 for every valid instance of a bag are common in
+  # trained MIL models; crediting them all to instance 0 made it the "most attended".
+  h = np.maximum(np.random.default_rng(3).normal(size=(2, 5, 8)), 0).astype(np.float32)
+  h[0, 3, 2] = h[0, 1, 2] = h[0, :, 2].max() + 1  # two valid instances share a max
+  h[0, 4, 5] = 9.0  # the max of a masked instance does not count
+  _, shares, _ = _pool("max", h, MASK)
+  expected = np.zeros((2, 5))
+  for b in range(2):
+    for d in range(8):
+      top = max(h[b, n, d] for n in range(5) if MASK[b, n])
+      reaching = [n for n in range(5) if MASK[b, n] and h[b, n, d] == top]
+      for n in reaching:
+        expected[b, n] += 1 / len(reaching) / 8
+  assert (h[:, :, :] == 0).all(axis=1).any()  # the case the split is for occurs
+  np.testing.assert_allclose(shares, expected, rtol=1e-6, atol=1e-7)
+  assert shares[0, 0] < 0.5  # instance 0 no longer takes every all-zero feature
+
+
 @pytest.mark.parametrize("kind", ["attention", "gated", "mean", "max"])
 def test_empty_bag_pools_to_zeros(kind):
   h = np.random.default_rng(2).normal(size=(1, 3, 4)).astype(np.float32)

@@ -43,6 +43,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--results_md", default="RESULTS.md")
   parser.add_argument("--results_dir", default="results")
   parser.add_argument("--report_only", action="store_true", help="only write the report")
+  parser.add_argument("--remeasure", action="store_true",
+                      help="measure the finished runs of the selected rows in --out again "
+                           "from their checkpoints (after a change to the measurements), "
+                           "then write the report; trains nothing")
   parser.add_argument("--one", help=argparse.SUPPRESS)  # worker: a row key
   parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -82,8 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   # --smoke writes a results dir of its own under --out: nothing to continue from.
   previous = (report.load_document(args.results_dir)
               if os.path.exists(metrics) and not args.smoke else None)
-  if not args.report_only:
-    rows = selected_rows(args.tables.split(","), args.smoke, args.rows)
+  rows = selected_rows(args.tables.split(","), args.smoke, args.rows)
+  if args.remeasure:
+    found = sum(run.remeasure(row, seed, args.out) for row, seed in run.jobs_of(rows, args.smoke))
+    print(f"measured {found} finished runs again", flush=True)
+  elif not args.report_only:
     failed = run.train_table(rows, command, args, previous["runs"] if previous else ())
     if failed:
       print(f"failed runs: {failed}", flush=True)

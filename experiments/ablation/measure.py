@@ -97,6 +97,11 @@ def instance_hits(weights: np.ndarray, mask: np.ndarray, instance_labels: np.nda
                   target: int) -> np.ndarray:
   """Whether the most attended real instance of each bag is a `target` instance.
 
+  Where several real instances share the largest weight (uniform weights: mean pooling,
+  mi-Net mean), a bag scores the fraction of them that are targets, what a random
+  choice among them would score; an argmax would pick the first and score the share of
+  bags that start with a target.
+
   Args:
     weights: `(B, N)` instance weights.
     mask: `(B, N)` bool, True for real instances.
@@ -104,11 +109,11 @@ def instance_hits(weights: np.ndarray, mask: np.ndarray, instance_labels: np.nda
     target: the label that makes a bag positive.
 
   Returns:
-    `(B,)` bool.
+    `(B,)` float in [0, 1].
   """
   masked = np.where(mask, weights, -np.inf)
-  top = np.argmax(masked, axis=-1)
-  return np.take_along_axis(instance_labels, top[:, None], axis=-1)[:, 0] == target
+  top = mask & (masked == masked.max(axis=-1, keepdims=True))
+  return np.sum(top & (instance_labels == target), axis=-1) / np.sum(top, axis=-1)
 
 
 def bag_metrics(predict, config: ml_collections.ConfigDict, *, keep_example: bool
@@ -116,7 +121,7 @@ def bag_metrics(predict, config: ml_collections.ConfigDict, *, keep_example: boo
   """Test bag AUC, accuracy and instance localization of a trained MIL model.
 
   Instance localization is the share of positive test bags whose most attended
-  instance is a target digit; `chance_localization` is what picking a uniformly random
+  instance is a target digit (ties: `instance_hits`); `chance_localization` is what picking a uniformly random
   real instance would score (the mean fraction of targets in a positive bag).
 
   Args:

@@ -154,8 +154,7 @@ def _train_and_measure(row: table.Row, seed: int, workdir: str, path: str, *, da
                        smoke: bool) -> dict[str, Any]:
   config = table.make_config(row, seed, data_dir=data_dir, smoke=smoke)
   summary = train.train_and_evaluate(config, workdir)
-  metrics, example = measure.measure(workdir, bags=row.table == "bags",
-                                     keep_example=seed == min(row.seeds))
+  metrics = _measure(row, seed, workdir)
   curve = learning_curve(workdir)
   result = {
       "row": row.key, "name": row.name, "label": row.label, "table": row.table,
@@ -170,13 +169,39 @@ def _train_and_measure(row: table.Row, seed: int, workdir: str, path: str, *, da
       "images_per_sec": summary["train_images_per_sec"],
       **metrics,
   }
+  _write_result(path, result)  # Written last: its presence marks the run finished.
+  return result
+
+
+def _measure(row: table.Row, seed: int, workdir: str) -> dict[str, Any]:
+  """`measure.measure` of the run in `workdir`; saves the figure example of a row's
+  first seed."""
+  metrics, example = measure.measure(workdir, bags=row.table == "bags",
+                                     keep_example=seed == min(row.seeds))
   if example:
     np.savez_compressed(os.path.join(workdir, EXAMPLES_FILE), **example)
-  # Written last: its presence marks the run finished.
+  return metrics
+
+
+def _write_result(path: str, result: dict[str, Any]) -> None:
+  """Writes `result.json` whole or not at all."""
   with open(path + ".tmp", "w") as f:
     json.dump(result, f, indent=2)
   os.replace(path + ".tmp", path)
-  return result
+
+
+def remeasure(row: table.Row, seed: int, out: str) -> bool:
+  """Measures the finished run `(row, seed)` of `out` again from its checkpoint, after a
+  change to the measurements, and rewrites its `result.json`; False if it has not
+  finished. Training, curve and timings are kept."""
+  workdir = run_dir(out, row, seed)
+  path = os.path.join(workdir, RESULT_FILE)
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    result = json.load(f)
+  _write_result(path, {**result, **_measure(row, seed, workdir)})
+  return True
 
 
 def learning_curve(workdir: str) -> dict[str, list[float]]:

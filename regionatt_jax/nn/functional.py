@@ -166,13 +166,21 @@ def recurrent_states(sequence, step: Callable, carry, reverse: bool = False):
 
 
 def masked_max(h, valid):
-  """Per-feature max over valid instances, and the fraction of features each one wins."""
+  """Per-feature max over valid instances, and the share of the features each one supplies.
+
+  A feature whose max several instances reach is split evenly among them. Crediting it
+  to the first (an argmax) made instance 0 look the most attended in trained MIL models,
+  where ~44 % of the ReLU features are 0 for every instance of a bag.
+
+  Returns:
+    `(pooled (..., D), shares (..., N))`; the shares sum to 1 over valid instances.
+  """
   filled = jnp.where(valid[..., None], h.astype(jnp.float32), -jnp.inf)
-  winners = jnp.argmax(filled, axis=-2)  # (..., D)
-  share = jnp.mean(jax.nn.one_hot(winners, h.shape[-2], axis=-1), axis=-2)
+  top = jnp.max(filled, axis=-2, keepdims=True)  # (..., 1, D)
+  reaches = (filled == top) & valid[..., None]
+  share = jnp.mean(reaches / jnp.maximum(jnp.sum(reaches, axis=-2, keepdims=True), 1), axis=-1)
   any_valid = jnp.any(valid, axis=-1, keepdims=True)
-  return (jnp.where(any_valid, jnp.max(filled, axis=-2), 0.0),
-          jnp.where(any_valid, share, 0.0))
+  return jnp.where(any_valid, top[..., 0, :], 0.0), jnp.where(any_valid, share, 0.0)
 
 
 def attention_pooling(h, valid, kind: str, score: Layer | None, dtype):

@@ -441,7 +441,7 @@ class MILClassifier(CheckedModule):
   the real instances), bag logits `(log(1 - P), log P)`. The instance weights `(B, N)`
   are sown by the "pooling" submodule as `instance_weights` (read them with
   `regionatt_jax.nn.instance_weights`; instance-level max pooling: 1 on the most
-  positive instance).
+  positive instance, split evenly among instances tied there).
 
   Attributes:
     num_classes: number of bag classes (1 for a single binary logit).

@@ -10,7 +10,8 @@ mask `(..., N)` to one bag embedding `z` `(..., D)`:
 
 Masked instances get weight exactly 0 (the mask goes to `regionatt_jax.normalize`). The
 instance weights `(..., N)` are sown as `instance_weights`; for `"max"` they are the
-fraction of features each instance supplies (they also sum to 1).
+share of the features each instance supplies, a feature that several instances reach
+split evenly among them (they also sum to 1).
 """
 
 from typing import Any

@@ -69,7 +69,7 @@ def test_max_pool_splits_a_feature_among_the_instances_that_reach_its_max():
       reaching = [n for n in range(5) if MASK[b, n] and h[b, n, d] == top]
       for n in reaching:
         expected[b, n] += 1 / len(reaching) / 8
-  assert (h[:, :, :] == 0).all(axis=1).any()  # the case the split is for occurs
+  assert (h == 0).all(axis=1).any()  # the case the split is for occurs
   np.testing.assert_allclose(shares, expected, rtol=1e-6, atol=1e-7)
   assert shares[0, 0] < 0.5  # instance 0 no longer takes every all-zero feature
 

@@ -121,8 +121,9 @@ def bag_metrics(predict, config: ml_collections.ConfigDict, *, keep_example: boo
   """Test bag AUC, accuracy and instance localization of a trained MIL model.
 
   Instance localization is the share of positive test bags whose most attended
-  instance is a target digit (ties: `instance_hits`); `chance_localization` is what picking a uniformly random
-  real instance would score (the mean fraction of targets in a positive bag).
+  instance is a target digit (ties: `instance_hits`); `chance_localization` is what
+  picking a uniformly random real instance would score (the mean fraction of targets
+  in a positive bag).
 
   Args:
     predict: `predict_fn` of the model.

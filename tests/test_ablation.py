@@ -199,6 +199,8 @@ def test_instance_hits_ignore_padding_and_match_loop_reference():
   # Uniform weights score the bag's fraction of targets, not whether instance 0 is one.
   np.testing.assert_allclose(hits[:10], [np.mean(l[m] == 9) for l, m in zip(labels[:10],
                                                                              mask[:10])])
+  empty = measure.instance_hits(weights[:1], np.zeros((1, 7), bool), labels[:1], 9)
+  np.testing.assert_array_equal(empty, [0.0])  # no real instance: 0, not nan
 
 
 def test_claim_skips_runs_held_by_live_processes_and_takes_over_dead_ones(tmp_path):

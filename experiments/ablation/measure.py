@@ -113,7 +113,8 @@ def instance_hits(weights: np.ndarray, mask: np.ndarray, instance_labels: np.nda
   """
   masked = np.where(mask, weights, -np.inf)
   top = mask & (masked == masked.max(axis=-1, keepdims=True))
-  return np.sum(top & (instance_labels == target), axis=-1) / np.sum(top, axis=-1)
+  # A bag without real instances (none in the datasets) scores 0, not 0 / 0.
+  return np.sum(top & (instance_labels == target), axis=-1) / np.maximum(np.sum(top, axis=-1), 1)
 
 
 def bag_metrics(predict, config: ml_collections.ConfigDict, *, keep_example: bool
